@@ -1,0 +1,170 @@
+"""``Embedder``: a bundle on ONNX Runtime, batched by token budget, vectors in input order."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, overload
+
+import numpy as np
+
+from . import batching
+from . import providers as _providers
+from .bundle import Bundle
+from .errors import InferenceError, InputError
+from .manifest import Kind, Manifest
+from .tokenize import TextTokenizer
+
+__all__ = ["Embedder", "DEFAULT_MAX_BATCH_TOKENS"]
+
+log = logging.getLogger("edge_bge")
+
+# Padded tokens per ONNX Runtime call. On CPU, throughput flattens above ~4k tokens per call
+# while memory keeps growing with it (attention is [batch, heads, seq, seq]).
+DEFAULT_MAX_BATCH_TOKENS = 8192
+
+
+class _Model:
+    """What Embedder and Reranker share: bundle, tokenizer, session, batched runs."""
+
+    _kinds: tuple[Kind, ...] = ()
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        providers: str | Sequence[Any] = "auto",
+        threads: int | None = None,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        strict: bool = True,
+        truncate: bool = True,
+        verify: bool = True,
+    ) -> None:
+        if max_batch_tokens < 1:
+            raise InputError(f"max_batch_tokens must be positive, got {max_batch_tokens}")
+        self.bundle = Bundle(path, verify=verify)
+        self.manifest: Manifest = self.bundle.manifest
+        if self.manifest.kind not in self._kinds:
+            raise InputError(
+                f"{path} is a {self.manifest.kind.value!r} bundle; {type(self).__name__} takes "
+                f"{' or '.join(repr(k.value) for k in self._kinds)}"
+            )
+        self.max_batch_tokens = max_batch_tokens
+        self.truncate = truncate
+        self.tokenizer = TextTokenizer(self.bundle.tokenizer_path, max_length=self.manifest.max_length)
+        self.session = _providers.make_session(
+            str(self.bundle.model_path), providers=providers, threads=threads, strict=strict
+        )
+        self.providers: list[str] = self.session.get_providers()
+
+    @property
+    def max_length(self) -> int:
+        return self.manifest.max_length
+
+    def _run(self, batch: batching.Batch, outputs: Sequence[str]) -> list[np.ndarray]:
+        try:
+            return self.session.run(list(outputs), batch.feeds)
+        except Exception as e:  # onnxruntime raises its own, unrelated exception classes
+            raise InferenceError(f"ONNX Runtime failed on a batch of {len(batch.index)} texts: {e}") from e
+
+    def _batches(self, encodings: Sequence[Any]) -> Iterator[batching.Batch]:
+        return batching.batches(
+            encodings,
+            inputs=self.manifest.inputs,
+            pad_id=self.tokenizer.pad_id,
+            max_batch_tokens=self.max_batch_tokens,
+        )
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return f"{type(self).__name__}({m.name!r}, {m.precision.value}, {m.target.value}, providers={self.providers})"
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        log.warning("show_progress needs tqdm: pip install tqdm")
+        return None
+    return tqdm(total=total, unit="text", desc="embedding")
+
+
+class Embedder(_Model):
+    """Dense embeddings from an ``embedding`` or ``m3`` bundle.
+
+    ``embed(texts)`` returns float32 [n, dim] in input order ([dim] for one str); vectors are
+    L2-normalised where the manifest says ``normalize``.
+    """
+
+    _kinds = (Kind.EMBEDDING, Kind.M3)
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    @property
+    def _output(self) -> str:
+        return "dense" if self.manifest.kind is Kind.M3 else "embedding"
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text after truncation, special tokens included."""
+        return [len(e.ids) for e in self.tokenizer.encode(list(texts), truncate=self.truncate)]
+
+    @overload
+    def embed(self, texts: str, *, show_progress: bool = ...) -> np.ndarray: ...
+    @overload
+    def embed(self, texts: Sequence[str], *, show_progress: bool = ...) -> np.ndarray: ...
+
+    def embed(self, texts: str | Sequence[str], *, show_progress: bool = False) -> np.ndarray:
+        """float32 [n, dim] for a list of texts, [dim] for one str."""
+        if isinstance(texts, str):
+            return self.embed([texts])[0]
+        if not isinstance(texts, Sequence):
+            raise InputError(f"texts must be a str or a sequence of str, got {type(texts).__name__}")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        encodings = self.tokenizer.encode(list(texts), truncate=self.truncate)
+        bar = _progress(len(texts), show_progress)
+        try:
+            for batch in self._batches(encodings):
+                out[batch.index] = self._run(batch, [self._output])[0]
+                if bar is not None:
+                    bar.update(len(batch.index))
+        finally:
+            if bar is not None:
+                bar.close()
+        return out
+
+    def embed_queries(self, texts: str | Sequence[str], **kw: Any) -> np.ndarray:
+        """Embed search queries: the manifest's query instruction is prepended to each."""
+        prefix = self.manifest.query_instruction
+        if isinstance(texts, str):
+            return self.embed(prefix + texts, **kw)
+        if not isinstance(texts, Sequence):
+            raise InputError(f"texts must be a str or a sequence of str, got {type(texts).__name__}")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InputError(f"texts[{i}] is {type(t).__name__}, expected str")
+        return self.embed([prefix + t for t in texts], **kw)
+
+    def embed_documents(self, texts: str | Sequence[str], **kw: Any) -> np.ndarray:
+        """Embed passages as they are (no instruction)."""
+        return self.embed(texts, **kw)
+
+    def embed_stream(self, texts: Iterable[str], *, chunk_size: int = 1024) -> Iterator[np.ndarray]:
+        """Yield float32 [<=chunk_size, dim] arrays in input order; memory bounded by the chunk."""
+        if chunk_size < 1:
+            raise InputError(f"chunk_size must be positive, got {chunk_size}")
+        it = iter(texts)
+        offset = 0
+        while chunk := list(itertools.islice(it, chunk_size)):
+            try:
+                yield self.embed(chunk)
+            except InputError as e:  # renumber the index to the stream's position
+                raise InputError(f"{e} (chunk starting at stream item {offset})") from None
+            offset += len(chunk)

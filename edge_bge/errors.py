@@ -1,0 +1,46 @@
+"""The errors edge-bge raises.
+
+    EdgeBGEError
+    ├── ManifestError      edge_bge.json missing, unreadable, or holding values we do not know
+    ├── ModelFilesError    a bundle file missing, altered (sha256), or pointing outside the bundle
+    ├── ProviderError      an execution provider asked for but not loaded by ONNX Runtime
+    ├── InputError         bad user input (also a ValueError): wrong types, untokenizable text
+    └── InferenceError     ONNX Runtime failed while running a batch
+
+The export half adds ``ExportError`` -> ``ParityError`` (``edge_bge_export.errors``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EdgeBGEError",
+    "InferenceError",
+    "InputError",
+    "ManifestError",
+    "ModelFilesError",
+    "ProviderError",
+]
+
+
+class EdgeBGEError(Exception):
+    """Base class of every error edge-bge raises on purpose."""
+
+
+class ManifestError(EdgeBGEError):
+    """The bundle's manifest is missing, malformed, or names values this runtime does not know."""
+
+
+class ModelFilesError(EdgeBGEError):
+    """A bundle file is missing, does not match its recorded sha256, or escapes the bundle."""
+
+
+class ProviderError(EdgeBGEError):
+    """An execution provider was requested but ONNX Runtime did not load it."""
+
+
+class InputError(EdgeBGEError, ValueError):
+    """The caller's input cannot be embedded as given."""
+
+
+class InferenceError(EdgeBGEError):
+    """ONNX Runtime failed while running the model."""

@@ -1,0 +1,143 @@
+"""Graph rewrites after the export: ONNX Runtime's transformer fusions, fp16 and int8.
+
+Every function takes a path to an ONNX file and writes a new one; they return what the
+manifest records about the rewrite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from .errors import ExportError
+
+log = logging.getLogger("edge_bge_export")
+
+# The fusions a BERT-family encoder must get on the CPU target. A count of zero is a bug
+# (usually an attention pattern the optimizer did not recognise), never a silent fallback.
+REQUIRED_FUSIONS = ("Attention", "SkipLayerNormalization")
+
+# Ops kept in fp32 by the fp16 conversion. Reductions and the pooling/normalisation tail
+# overflow or lose precision in fp16. On the plain graph LayerNorm and Softmax are kept too;
+# ONNX Runtime's fused kernels (SkipLayerNormalization, Attention) accumulate in fp32 themselves,
+# and keeping them fp32 would split fused ops across types.
+FP16_BLOCKED_REDUCTIONS = ["ReduceMean", "ReduceSum", "ReduceL2", "ReduceMax", "Pow", "Sqrt", "Div", "Clip", "Erf"]
+FP16_BLOCKED_PLAIN = ["LayerNormalization", "Softmax", *FP16_BLOCKED_REDUCTIONS]
+
+
+def fuse(src: Path, dst: Path, *, num_layers: int) -> dict[str, int]:
+    """ONNX Runtime's transformer optimizer (model_type bert); returns the fused-operator counts."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    model = optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0, opt_level=1)
+    stats = {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
+    missing = [op for op in REQUIRED_FUSIONS if stats.get(op, 0) < (num_layers if op == "Attention" else 1)]
+    if missing:
+        raise ExportError(
+            f"ONNX Runtime's optimizer did not fuse {', '.join(missing)} "
+            f"(got {stats}); the CPU target needs them. Try --target tensorrt for the plain graph."
+        )
+    model.save_model_to_file(str(dst))
+    return stats
+
+
+def to_fp16(src: Path, dst: Path, *, fused: bool) -> dict[str, Any]:
+    """fp16 weights and matmuls; fp32 inputs/outputs; LayerNorm, Softmax and reductions safe."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    blocked = FP16_BLOCKED_REDUCTIONS if fused else FP16_BLOCKED_PLAIN
+    model = OnnxModel(onnx.load(str(src)))
+    model.convert_float_to_float16(
+        use_symbolic_shape_infer=True, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *blocked]
+    )
+    model.save_model_to_file(str(dst))
+    return {"scheme": "fp16", "kept_fp32_ops": blocked}
+
+
+
+def matmul_nodes(path: Path) -> list[str]:
+    """Names of the weight-bearing nodes dynamic quantization would touch, in graph order."""
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type in ("MatMul", "Attention", "Gemm") and any(x in inits for x in n.input[1:2])
+    ]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """ONNX Runtime's quantizer logs advice on the root logger at WARNING for every call."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_int8(src: Path, dst: Path, *, exclude: list[str]) -> dict[str, Any]:
+    """Dynamic int8: per-channel signed weights, uint8 activations quantized per batch at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet():
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(exclude),
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+    return {"scheme": "dynamic-int8", "per_channel": True, "weights": "int8", "kept_fp32": list(exclude)}
+
+
+class _Reader:
+    """Calibration batches for quantize_static."""
+
+    def __init__(self, feeds: list[dict[str, Any]]) -> None:
+        self._it = iter(feeds)
+
+    def get_next(self) -> dict[str, Any] | None:
+        return next(self._it, None)
+
+
+def quantize_qdq(src: Path, dst: Path, *, exclude: list[str], calibration: list[dict[str, Any]]) -> dict[str, Any]:
+    """Static int8 QDQ for TensorRT: symmetric int8 weights (per channel) and activations.
+
+    Activation ranges come from min/max calibration over the calibration batches (TensorRT's
+    "max" calibration). Percentile and entropy calibration in ONNX Runtime need every batch
+    padded to one shape and hold all activations in memory; where min/max ranges lose too much
+    (outliers), the caller's sensitivity search keeps those nodes in fp32 instead.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    with _quiet():
+        quantize_static(
+            str(src),
+            str(dst),
+            _Reader(calibration),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(exclude),
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
+    return {
+        "scheme": "static-qdq-int8",
+        "per_channel": True,
+        "calibration": "minmax",
+        "calibration_batches": len(calibration),
+        "kept_fp32": list(exclude),
+    }

@@ -1,0 +1,96 @@
+"""The PyTorch reference each export is compared with.
+
+Dense models: sentence-transformers itself when the checkpoint is a sentence-transformers
+model whose pooling matches the recipe; otherwise transformers run by hand with the recipe's
+pooling and normalisation, as BGE's model cards do.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge_bge.manifest import Pooling
+
+from .recipes import Recipe
+from .source import st_settings
+
+
+def load_encoder(checkpoint: Path, recipe: Recipe) -> torch.nn.Module:
+    """The bare encoder in fp32, eager attention (so ONNX Runtime's optimizer can fuse it)."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(checkpoint), attn_implementation="eager", torch_dtype=torch.float32)
+    return model.eval()
+
+
+def uses_sentence_transformers(checkpoint: Path, recipe: Recipe) -> bool:
+    if not (checkpoint / "modules.json").is_file():
+        return False
+    st = st_settings(checkpoint)
+    return st.get("pooling") == recipe.pooling and st.get("normalize") == recipe.normalize
+
+
+def dense_reference(checkpoint: Path, recipe: Recipe, texts: list[str], *, batch_size: int = 16) -> np.ndarray:
+    """float32 [n, dim]: what the reference library returns for these texts."""
+    torch.manual_seed(0)
+    if uses_sentence_transformers(checkpoint, recipe):
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(checkpoint), device="cpu")
+        model.max_seq_length = recipe.max_length
+        return model.encode(texts, batch_size=batch_size, convert_to_numpy=True).astype(np.float32)
+
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(checkpoint))
+    model = AutoModel.from_pretrained(str(checkpoint), torch_dtype=torch.float32).eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            enc = tok(
+                texts[i : i + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=recipe.max_length,
+                return_tensors="pt",
+            )
+            hidden = model(**enc).last_hidden_state
+            if recipe.pooling is Pooling.CLS:
+                pooled = hidden[:, 0]
+            else:
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            if recipe.normalize:
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
+            out.append(pooled.float().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def bundle_tokenizer_json(checkpoint: Path, max_length: int) -> str:
+    """The reference's own fast tokenizer, with its truncation and no fixed padding."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(checkpoint), use_fast=True)
+    if not getattr(tok, "is_fast", False):
+        from .errors import ExportError
+
+        raise ExportError(f"{checkpoint}: no fast (Rust) tokenizer could be built for this checkpoint")
+    backend = tok.backend_tokenizer
+    backend.no_padding()
+    backend.enable_truncation(max_length)
+    return json.dumps(json.loads(backend.to_str()), ensure_ascii=False, indent=None)
+
+
+def outputs(checkpoint: Path, recipe: Recipe, texts: list[str]) -> tuple[dict[str, np.ndarray], str]:
+    """The reference's outputs for the texts, keyed like the graph's outputs, and its name."""
+    name = "sentence-transformers" if uses_sentence_transformers(checkpoint, recipe) else "transformers"
+    return {"embedding": dense_reference(checkpoint, recipe, texts)}, name
+
+
+def comparable(want: dict[str, np.ndarray], recipe: Recipe) -> np.ndarray:
+    """The [n, d] array the int8 search compares candidate graphs on."""
+    return want["embedding"]
