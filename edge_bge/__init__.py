@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from .embedder import Embedder
 from .errors import EdgeBGEError, InferenceError, InputError, ManifestError, ModelFilesError, ProviderError
+from .m3 import M3Output
 from .manifest import Manifest
+from .reranker import Reranker, RerankResult
 
 __version__ = "0.1.0"
 
@@ -13,9 +15,12 @@ __all__ = [
     "Embedder",
     "InferenceError",
     "InputError",
+    "M3Output",
     "Manifest",
     "ManifestError",
     "ModelFilesError",
     "ProviderError",
+    "RerankResult",
+    "Reranker",
     "__version__",
 ]

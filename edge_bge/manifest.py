@@ -101,6 +101,10 @@ class Manifest:
     source: dict[str, Any] = field(default_factory=dict)
     exported_with: dict[str, str] = field(default_factory=dict)
     optimization: dict[str, Any] = field(default_factory=dict)  # fused-operator counts, quantization
+    # bge-m3: token ids that never get a lexical weight (FlagEmbedding: cls, eos, pad, unk)
+    special_token_ids: tuple[int, ...] = ()
+    # rerankers: query tokens kept before the pair is built (FlagReranker: 3/4 of max_length)
+    query_max_length: int | None = None
     format_version: int = FORMAT_VERSION
 
     # ---- (de)serialisation -------------------------------------------------------------------
@@ -160,6 +164,8 @@ class Manifest:
             source=dict(data.get("source") or {}),
             exported_with=dict(data.get("exported_with") or {}),
             optimization=dict(data.get("optimization") or {}),
+            special_token_ids=tuple(int(i) for i in data.get("special_token_ids") or ()),
+            query_max_length=int(data["query_max_length"]) if data.get("query_max_length") else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,6 +175,7 @@ class Manifest:
             out[key] = value.value if isinstance(value, enum.Enum) else value
         out["inputs"] = list(self.inputs)
         out["outputs"] = list(self.outputs)
+        out["special_token_ids"] = list(self.special_token_ids)
         return {"format_version": out.pop("format_version"), **out}
 
     def dumps(self) -> str:

@@ -35,7 +35,8 @@ class TextTokenizer:
             raise ModelFilesError(f"cannot load tokenizer {path}: {e}") from None
         self.max_length = max_length
         self._tok.no_padding()
-        self._tok.enable_truncation(max_length)
+        if self._tok.truncation is None or self._tok.truncation["max_length"] != max_length:
+            self._tok.enable_truncation(max_length)  # keeps the bundle's strategy when it matches
         self._path = str(path)
         self._full: Tokenizer | None = None
         self._lock = threading.Lock()
@@ -59,21 +60,30 @@ class TextTokenizer:
                 self._full = full
             return self._full
 
-    def encode(self, texts: Sequence[Any], *, truncate: bool = True, pairs: bool = False) -> list[Encoding]:
-        """Encode str items (or (query, passage) tuples with pairs=True); InputError on bad items."""
-        items: Sequence[Any] = texts
-        if pairs:
-            for i, pair in enumerate(texts):
-                if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-                    raise InputError(f"pairs[{i}] is {type(pair).__name__}, expected a (query, passage) pair")
-                check_texts(pair, what=f"pairs[{i}]")
-            items = [tuple(p) for p in texts]
+    def encode_pairs(self, pairs: Sequence[Any], *, query_max_length: int) -> list[Encoding]:
+        """(query, passage) pairs as FlagReranker builds them: the query cut to query_max_length
+        tokens, then the passage cut so the whole pair fits max_length."""
+        for i, pair in enumerate(pairs):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise InputError(f"pairs[{i}] is {type(pair).__name__}, expected a (query, passage) pair")
+            check_texts(pair, what=f"pairs[{i}]")
+        full = self._untruncated()
+        queries = full.encode_batch([p[0] for p in pairs], add_special_tokens=False)
+        passages = full.encode_batch([p[1] for p in pairs], add_special_tokens=False)
+        out = []
+        for q, p in zip(queries, passages, strict=True):
+            q.truncate(query_max_length)
+            p.truncate(self.max_length)
+            out.append(self._tok.post_process(q, p, add_special_tokens=True))
+        return out
+
+    def encode(self, texts: Sequence[Any], *, truncate: bool = True) -> list[Encoding]:
+        """Encode str items; InputError naming the first bad item."""
         tok = self._tok if truncate else self._untruncated()
         try:
-            encodings = tok.encode_batch(items)
+            encodings = tok.encode_batch(texts)
         except TypeError:
-            if not pairs:
-                check_texts(texts)
+            check_texts(texts)
             raise InputError("the tokenizer refused the input") from None
         if not truncate:
             for i, enc in enumerate(encodings):

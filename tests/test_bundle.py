@@ -35,8 +35,12 @@ def test_unknown_format_version(copy):
 
 @pytest.mark.parametrize(
     "field,value,listed",
-    [("kind", "vision", "'embedding', 'm3', 'reranker'"), ("pooling", "max", "'cls', 'mean'"),
-     ("precision", "int4", "'fp32', 'fp16', 'int8'"), ("target", "gpu", "'cpu-fused', 'plain'")],
+    [
+        ("kind", "vision", "'embedding', 'm3', 'reranker'"),
+        ("pooling", "max", "'cls', 'mean'"),
+        ("precision", "int4", "'fp32', 'fp16', 'int8'"),
+        ("target", "gpu", "'cpu-fused', 'plain'"),
+    ],
 )
 def test_unknown_values_list_valid_ones(copy, field, value, listed):
     _edit(copy, **{field: value})

@@ -46,6 +46,13 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / np.maximum(na * nb, 1e-12)
 
 
+def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Reranker logits: one correlation over all probe pairs, repeated per pair."""
+    a, b = a.reshape(-1), b.reshape(-1)
+    r = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float(np.allclose(a, b, atol=1e-4))
+    return np.full(len(a), r)
+
+
 def _versions() -> dict[str, str]:
     import onnx
     import onnxruntime
@@ -68,10 +75,9 @@ def _versions() -> dict[str, str]:
 class _Runner:
     """Runs candidate graphs on fixed token batches (the runtime's own batching)."""
 
-    def __init__(self, tokenizer: TextTokenizer, texts: list[str], inputs: tuple[str, ...], output: str) -> None:
-        enc = tokenizer.encode(texts)
-        self.batches = list(batching.batches(enc, inputs=inputs, pad_id=tokenizer.pad_id, max_batch_tokens=4096))
-        self.n, self.output = len(texts), output
+    def __init__(self, tokenizer: TextTokenizer, encodings: list[Any], inputs: tuple[str, ...], output: str) -> None:
+        self.batches = list(batching.batches(encodings, inputs=inputs, pad_id=tokenizer.pad_id, max_batch_tokens=4096))
+        self.n, self.output = len(encodings), output
 
     def feeds(self, limit: int = 64) -> list[dict[str, Any]]:
         return [b.feeds for b in self.batches[:limit]]
@@ -82,7 +88,7 @@ class _Runner:
         session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
         out: np.ndarray | None = None
         for b in self.batches:
-            y = session.run([self.output], b.feeds)[0]
+            y = session.run([self.output], b.feeds)[0].reshape(len(b.index), -1)
             if out is None:
                 out = np.zeros((self.n, *y.shape[1:]), dtype=np.float32)
             out[b.index] = y
@@ -99,6 +105,7 @@ def _int8_search(
     want: np.ndarray,
     gate: dict[str, float],
     stage: Callable[[str], None],
+    similarity: Callable[[np.ndarray, np.ndarray], np.ndarray] = _cosines,
 ) -> dict[str, Any]:
     """Quantize everything; if the calibration set misses the gate (with margin), keep the most
     sensitive weight nodes (measured one at a time) in fp32: the fewest that pass, by bisection."""
@@ -106,7 +113,7 @@ def _int8_search(
 
     def score(exclude: list[str]) -> tuple[dict[str, Any], dict[str, float]]:
         info = quantize(dst, exclude)
-        cos = _cosines(run(dst), want)
+        cos = similarity(run(dst), want)
         return info, {"min": float(cos.min()), "mean": float(cos.mean())}
 
     def ok(s: dict[str, float]) -> bool:
@@ -116,7 +123,7 @@ def _int8_search(
     search: dict[str, Any] = {"aim": aim, "calibration_texts": run.n, "all_quantized": first}
     if ok(first):
         return {**info, "search": search}
-    nodes = optimize.matmul_nodes(src)
+    nodes = optimize.weight_nodes(src)
     stage(f"  int8 misses the aim (min {first['min']:.4f}, mean {first['mean']:.4f}); measuring {len(nodes)} nodes")
     damage = {}
     for node in nodes:
@@ -207,10 +214,13 @@ def _export(
 
     staging = tmp / "bundle"
     staging.mkdir()
-    (staging / TOKENIZER_NAME).write_text(reference.bundle_tokenizer_json(ckpt, recipe.max_length), encoding="utf-8")
+    is_reranker = recipe.kind is Kind.RERANKER
+    tokenizer_json = reference.bundle_tokenizer_json(ckpt, recipe.max_length, pairs=is_reranker)
+    (staging / TOKENIZER_NAME).write_text(tokenizer_json, encoding="utf-8")
     tokenizer = TextTokenizer(staging / TOKENIZER_NAME, max_length=recipe.max_length)
     output = "dense" if recipe.kind is Kind.M3 else ("logits" if recipe.kind is Kind.RERANKER else "embedding")
 
+    query_max_length = recipe.max_length * 3 // 4 if is_reranker else None  # FlagReranker's default
     stage(f"running the PyTorch reference on the probe set ({prec.value})")
     texts = (
         probes.calibration_texts(recipe.max_length) if prec is Precision.INT8 else probes.probe_texts(recipe.max_length)
@@ -226,14 +236,25 @@ def _export(
     elif prec is Precision.FP16:
         optimization["precision"] = optimize.to_fp16(base, model, fused=target is Target.CPU_FUSED)
     else:
-        run = _Runner(tokenizer, texts, inputs, output)
+        if is_reranker:
+            encodings = tokenizer.encode_pairs(reference.rerank_pairs(texts), query_max_length=query_max_length)
+        else:
+            encodings = tokenizer.encode(texts)
+        run = _Runner(tokenizer, encodings, inputs, output)
         if target is Target.CPU_FUSED:
             quantize = lambda dst, ex: optimize.quantize_int8(base, dst, exclude=ex)  # noqa: E731
         else:
             feeds = run.feeds()
             quantize = lambda dst, ex: optimize.quantize_qdq(plain, dst, exclude=ex, calibration=feeds)  # noqa: E731
         optimization["precision"] = _int8_search(
-            quantize, base, model, run=run, want=reference.comparable(want, recipe), gate=gate, stage=stage.report
+            quantize,
+            base,
+            model,
+            run=run,
+            want=reference.comparable(want, recipe),
+            gate=gate,
+            stage=stage.report,
+            similarity=_pearson if is_reranker else _cosines,
         )
 
     stage("verifying the bundle with the edge_bge runtime")
@@ -256,6 +277,8 @@ def _export(
         source={"id": recipe.source, "revision": recipe.revision, "checkpoint": str(ckpt)},
         exported_with=_versions(),
         optimization=optimization,
+        special_token_ids=reference.special_token_ids(ckpt) if recipe.kind is Kind.M3 else (),
+        query_max_length=query_max_length,
     )
     _write_bundle(staging, manifest)
     parity = verify_bundle(

@@ -63,6 +63,9 @@ _BASE = [
     "In 1969, Apollo 11 landed the first humans on the Moon; Neil Armstrong stepped out first.",
 ]
 
+# the short probe texts: the query side of reranker probe pairs
+QUERIES = [t for t in _BASE if 0 < len(t) < 60]
+
 _PARAGRAPH = (
     "Embedding models map text to dense vectors so that semantically similar passages lie close "
     "together. Search systems compare a query vector with millions of passage vectors, and the "

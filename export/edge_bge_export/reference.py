@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from edge_bge.manifest import Pooling
+from edge_bge.manifest import Kind, Pooling
 
 from .recipes import Recipe
 from .source import st_settings
@@ -23,7 +24,7 @@ def load_encoder(checkpoint: Path, recipe: Recipe) -> torch.nn.Module:
     """The bare encoder in fp32, eager attention (so ONNX Runtime's optimizer can fuse it)."""
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(str(checkpoint), attn_implementation="eager", torch_dtype=torch.float32)
+    model = AutoModel.from_pretrained(str(checkpoint), attn_implementation="eager", dtype=torch.float32)
     return model.eval()
 
 
@@ -47,7 +48,7 @@ def dense_reference(checkpoint: Path, recipe: Recipe, texts: list[str], *, batch
     from transformers import AutoModel, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(checkpoint))
-    model = AutoModel.from_pretrained(str(checkpoint), torch_dtype=torch.float32).eval()
+    model = AutoModel.from_pretrained(str(checkpoint), dtype=torch.float32).eval()
     out = []
     with torch.inference_mode():
         for i in range(0, len(texts), batch_size):
@@ -70,7 +71,7 @@ def dense_reference(checkpoint: Path, recipe: Recipe, texts: list[str], *, batch
     return np.concatenate(out).astype(np.float32)
 
 
-def bundle_tokenizer_json(checkpoint: Path, max_length: int) -> str:
+def bundle_tokenizer_json(checkpoint: Path, max_length: int, *, pairs: bool = False) -> str:
     """The reference's own fast tokenizer, with its truncation and no fixed padding."""
     from transformers import AutoTokenizer
 
@@ -81,16 +82,73 @@ def bundle_tokenizer_json(checkpoint: Path, max_length: int) -> str:
         raise ExportError(f"{checkpoint}: no fast (Rust) tokenizer could be built for this checkpoint")
     backend = tok.backend_tokenizer
     backend.no_padding()
-    backend.enable_truncation(max_length)
+    # pairs (rerankers) truncate the passage only, as FlagReranker does
+    backend.enable_truncation(max_length, strategy="only_second" if pairs else "longest_first")
     return json.dumps(json.loads(backend.to_str()), ensure_ascii=False, indent=None)
 
 
-def outputs(checkpoint: Path, recipe: Recipe, texts: list[str]) -> tuple[dict[str, np.ndarray], str]:
+def m3_reference(checkpoint: Path, recipe: Recipe, texts: list[str]) -> dict[str, Any]:
+    """BGEM3FlagModel.encode with all three outputs, at the recipe's max_length."""
+    from FlagEmbedding import BGEM3FlagModel
+
+    model = BGEM3FlagModel(str(checkpoint), use_fp16=False, devices="cpu", normalize_embeddings=recipe.normalize)
+    out = model.encode(
+        texts,
+        batch_size=8,
+        max_length=recipe.max_length,
+        return_dense=True,
+        return_sparse=True,
+        return_colbert_vecs=True,
+    )
+    return {
+        "dense": np.asarray(out["dense_vecs"], dtype=np.float32),
+        "sparse": [{int(k): float(v) for k, v in d.items()} for d in out["lexical_weights"]],
+        "colbert": [np.asarray(c, dtype=np.float32) for c in out["colbert_vecs"]],
+    }
+
+
+def reranker_reference(checkpoint: Path, recipe: Recipe, pairs: list[tuple[str, str]]) -> np.ndarray:
+    """FlagReranker.compute_score raw logits."""
+    from FlagEmbedding import FlagReranker
+
+    model = FlagReranker(str(checkpoint), use_fp16=False, devices="cpu", max_length=recipe.max_length)
+    return np.asarray(model.compute_score(pairs, batch_size=8, normalize=False), dtype=np.float32).reshape(-1)
+
+
+def rerank_pairs(texts: list[str]) -> list[tuple[str, str]]:
+    """Probe texts as (query, passage) pairs: every text is the passage once, against short queries."""
+    from .probes import QUERIES
+
+    return [(QUERIES[i % len(QUERIES)], t) for i, t in enumerate(texts)]
+
+
+def outputs(checkpoint: Path, recipe: Recipe, texts: list[str]) -> tuple[dict[str, Any], str]:
     """The reference's outputs for the texts, keyed like the graph's outputs, and its name."""
+    if recipe.kind is Kind.M3:
+        return m3_reference(checkpoint, recipe, texts), "FlagEmbedding BGEM3FlagModel"
+    if recipe.kind is Kind.RERANKER:
+        return {"logits": reranker_reference(checkpoint, recipe, rerank_pairs(texts))}, "FlagEmbedding FlagReranker"
     name = "sentence-transformers" if uses_sentence_transformers(checkpoint, recipe) else "transformers"
     return {"embedding": dense_reference(checkpoint, recipe, texts)}, name
 
 
-def comparable(want: dict[str, np.ndarray], recipe: Recipe) -> np.ndarray:
-    """The [n, d] array the int8 search compares candidate graphs on."""
+def comparable(want: dict[str, Any], recipe: Recipe) -> np.ndarray:
+    """The array the int8 search compares candidate graphs on: dense vectors, or logits as [n, 1]."""
+    if recipe.kind is Kind.M3:
+        return want["dense"]
+    if recipe.kind is Kind.RERANKER:
+        return want["logits"].reshape(-1, 1)
     return want["embedding"]
+
+
+def special_token_ids(checkpoint: Path) -> tuple[int, ...]:
+    """The ids BGEM3FlagModel drops from lexical weights: cls, eos, pad and unk."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(checkpoint))
+    ids = {
+        tok.convert_tokens_to_ids(tok.special_tokens_map[name])
+        for name in ("cls_token", "eos_token", "pad_token", "unk_token")
+        if name in tok.special_tokens_map
+    }
+    return tuple(sorted(int(i) for i in ids))

@@ -7,36 +7,78 @@ from typing import Any
 
 import numpy as np
 
-from edge_bge import Embedder
+from edge_bge import Embedder, Reranker
 from edge_bge.manifest import Kind
 
 from .errors import ParityError
 from .recipes import Recipe
+from .reference import rerank_pairs
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
 
 
+def _finite(got: np.ndarray, texts: list[str]) -> None:
+    bad = np.where(~np.isfinite(got.reshape(len(got), -1)).all(-1))[0]
+    if len(bad):
+        i = int(bad[0])
+        raise ParityError(f"the graph gives NaN/Inf for probe {i}: {texts[i][:80]!r}", worst_text=texts[i])
+
+
+def _m3_extras(got: Any, want: dict[str, Any]) -> dict[str, float]:
+    """How far lexical weights and ColBERT vectors are from FlagEmbedding's."""
+    same_ids = all(set(g) == set(w) for g, w in zip(got.sparse, want["sparse"], strict=True))
+    diffs = [
+        abs(g.get(t, 0.0) - w.get(t, 0.0)) for g, w in zip(got.sparse, want["sparse"], strict=True) for t in {*g, *w}
+    ]
+    counts = all(len(g) == len(w) for g, w in zip(got.colbert, want["colbert"], strict=True))
+    ccos = [float(_cos(g, w).min()) for g, w in zip(got.colbert, want["colbert"], strict=True) if len(g) and counts]
+    return {
+        "sparse_same_ids": float(same_ids),
+        "sparse_max_abs_diff": float(max(diffs, default=0.0)),
+        "colbert_same_counts": float(counts),
+        "colbert_cosine_min": float(min(ccos, default=1.0)) if counts else 0.0,
+    }
+
+
 def verify_bundle(
     bundle: Path,
     recipe: Recipe,
     texts: list[str],
-    want: dict[str, np.ndarray],
+    want: dict[str, Any],
     gate: dict[str, float],
     *,
     reference: str,
 ) -> dict[str, Any]:
-    """Compare the bundle's outputs on ``texts`` with the reference; ParityError below the gate."""
-    if recipe.kind is not Kind.EMBEDDING:
-        raise ParityError(f"no verifier for kind {recipe.kind.value!r}")
-    got = Embedder(bundle, providers="cpu").embed(texts)
-    if not np.isfinite(got).all():
-        bad = int(np.where(~np.isfinite(got).all(-1))[0][0])
-        raise ParityError(f"the graph gives NaN/Inf for probe {bad}: {texts[bad][:80]!r}", worst_text=texts[bad])
-    cos = _cos(got, want["embedding"])
-    worst = int(cos.argmin())
-    summary = {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean())}
+    """Compare the bundle's outputs on ``texts`` with the reference; ParityError below the gate.
+
+    The gate applies to the cosine of dense vectors (embedding, bge-m3 dense); for rerankers to
+    the correlation of the logits over the probe pairs, whose largest difference is recorded too.
+    """
+    extras: dict[str, float] = {}
+    if recipe.kind is Kind.RERANKER:
+        pairs = rerank_pairs(texts)
+        got = Reranker(bundle, providers="cpu").score(pairs)
+        _finite(got, texts)
+        ref = want["logits"]
+        corr = float(np.corrcoef(got, ref)[0, 1]) if np.std(ref) > 0 else float(np.allclose(got, ref, atol=1e-4))
+        cos = np.full(len(texts), corr)
+        worst = int(np.abs(got - ref).argmax())
+        extras = {"logits_max_abs_diff": float(np.abs(got - ref).max()), "logits_pearson": corr}
+    else:
+        model = Embedder(bundle, providers="cpu")
+        if recipe.kind is Kind.M3:
+            out = model.encode(texts, dense=True, sparse=True, colbert=True)
+            got, ref = out.dense, want["dense"]
+            extras = _m3_extras(out, want)
+        else:
+            got, ref = model.embed(texts), want["embedding"]
+        assert got is not None
+        _finite(got, texts)
+        cos = _cos(got, ref)
+        worst = int(cos.argmin())
+    summary = {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), **extras}
     parity = {
         "reference": reference,
         "probe_texts": len(texts),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,12 +61,15 @@ def test_minilm_fusions_and_truncation(minilm_fp32):
     assert tok["truncation"]["max_length"] == 256
 
 
-def test_minilm_int8_gate_recorded(minilm_int8):
+def test_minilm_int8_gate_recorded(minilm_int8, minilm_fp32):
     m = Manifest.load(minilm_int8)
     assert m.parity["summary"]["cosine_min"] >= 0.99
     assert m.parity["summary"]["cosine_mean"] >= 0.995
     assert m.optimization["precision"]["scheme"] == "dynamic-int8"
-    assert (minilm_int8 / "model.onnx").stat().st_size < 0.6 * 90e6
+    assert (minilm_int8 / "model.onnx").stat().st_size < 0.8 * (minilm_fp32 / "model.onnx").stat().st_size
+    info = m.optimization["precision"]
+    assert set(info["weight_only_int8"]) | set(info["kept_fp32"]) <= set(info["search"].get("sensitivity", {}))
+    assert info["search"]["aim"]["min"] > 0.99
 
 
 def test_manifest_round_trip(minilm_fp32):
@@ -105,6 +107,10 @@ def test_recipes_parse():
         assert isinstance(r, Recipe) and r.max_length > 0
     assert load_recipe("bge-large-zh-v1.5").query_instruction == "为这个句子生成表示以用于检索相关文章："
     assert load_recipe("bge-base-en-v1.5").pooling.value == "cls"
+    m3 = load_recipe("bge-m3")
+    assert m3.kind.value == "m3" and m3.max_length == 8192 and m3.heads["sparse"] == "sparse_linear.pt"
+    for name in ("bge-reranker-base", "bge-reranker-large", "bge-reranker-v2-m3"):
+        assert load_recipe(name).kind.value == "reranker" and load_recipe(name).pooling is None
 
 
 def test_missing_files_named(tmp_path, tiny_bge_dir):
@@ -125,7 +131,9 @@ def test_unsupported_architecture(tmp_path, tiny_bge_dir):
         pipeline.export(str(ckpt), out=tmp_path / "b", **QUIET)
 
 
-@pytest.mark.parametrize("kw,match", [({"precision": "int4"}, "fp32, fp16, int8"), ({"target": "tpu"}, "cpu, tensorrt")])
+@pytest.mark.parametrize(
+    "kw,match", [({"precision": "int4"}, "fp32, fp16, int8"), ({"target": "tpu"}, "cpu, tensorrt")]
+)
 def test_unknown_precision_or_target(tmp_path, tiny_bge_dir, kw, match):
     with pytest.raises(ExportError, match=match):
         pipeline.export(str(tiny_bge_dir), out=tmp_path / "b", **kw, **QUIET)

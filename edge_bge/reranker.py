@@ -1,0 +1,61 @@
+"""``Reranker``: a cross-encoder bundle scoring (query, passage) pairs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .embedder import _Model
+from .errors import InputError
+from .manifest import Kind
+from .tokenize import check_texts
+
+__all__ = ["Reranker", "RerankResult"]
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    index: int  # position in the docs given to rerank()
+    score: float
+    text: str
+
+
+class Reranker(_Model):
+    """Relevance logits from a ``reranker`` bundle, tokenized as FlagReranker does."""
+
+    _kinds = (Kind.RERANKER,)
+
+    @property
+    def query_max_length(self) -> int:
+        return self.manifest.query_max_length or self.manifest.max_length * 3 // 4
+
+    def score(self, pairs: Sequence[tuple[str, str]], *, normalize: bool = False) -> np.ndarray:
+        """float32 [n]: raw logits, or their sigmoid with normalize=True."""
+        if isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(x, str) for x in pairs):
+            pairs = [pairs]
+        out = np.empty(len(pairs), dtype=np.float32)
+        if not len(pairs):
+            return out
+        encodings = self.tokenizer.encode_pairs(list(pairs), query_max_length=self.query_max_length)
+        for batch in self._batches(encodings):
+            out[batch.index] = self._run(batch, ["logits"])[0].reshape(-1)
+        if normalize:
+            out = (1.0 / (1.0 + np.exp(-out.astype(np.float64)))).astype(np.float32)
+        return out
+
+    def rerank(
+        self, query: str, docs: Sequence[str], *, top_k: int | None = None, normalize: bool = False
+    ) -> list[RerankResult]:
+        """Docs ordered best first (ties keep input order); at most top_k of them."""
+        if not isinstance(query, str):
+            raise InputError(f"query is {type(query).__name__}, expected str")
+        if isinstance(docs, str):
+            raise InputError("docs must be a list of str, not one str")
+        check_texts(docs, what="docs")
+        if top_k is not None and top_k < 0:
+            raise InputError(f"top_k must be >= 0, got {top_k}")
+        scores = self.score([(query, d) for d in docs], normalize=normalize)
+        order = np.argsort(-scores, kind="stable")[: top_k if top_k is not None else len(docs)]
+        return [RerankResult(int(i), float(scores[i]), docs[i]) for i in order]

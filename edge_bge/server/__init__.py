@@ -1,0 +1,23 @@
+"""The edge-bge HTTP server (extra ``server``): OpenAI, text-embeddings-inference and Cohere/Jina routes.
+
+app.py        create_app: routes, API key, CORS, JSON errors everywhere
+openai_api.py /v1/embeddings, /v1/models
+tei_api.py    /embed, /embed_sparse, /rerank, /tokenize, and Cohere/Jina /v1/rerank
+service.py    readiness, token counting, queued runs with deadlines and disconnect detection
+batcher.py    micro-batching of concurrent requests on one worker thread per model
+models.py     the served bundles and what each kind can do
+inputs.py     request bodies checked field by field
+errors.py     one table from error kind to HTTP status; each dialect's error body
+metrics.py    Prometheus text
+run.py        uvicorn with SIGTERM drain
+"""
+
+from __future__ import annotations
+
+from .app import create_app
+from .config import ServerConfig
+from .models import Registry, Served, load_model
+from .run import serve
+from .service import Service
+
+__all__ = ["Registry", "Served", "ServerConfig", "Service", "create_app", "load_model", "serve"]

@@ -1,0 +1,215 @@
+"""``create_app``: the FastAPI application: routes of every dialect, API key, CORS, JSON errors."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .. import __version__
+from .config import ServerConfig
+from .errors import ApiError, JSONResponse, dialect_for, from_exception, render
+from .errors import Kind as E
+from .metrics import CONTENT_TYPE
+from .models import Registry, Served
+from .service import Service
+
+__all__ = ["create_app", "Route"]
+
+log = logging.getLogger("edge_bge")
+
+Handler = Callable[[Service, Request], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    body: dict[str, Any] | None = None  # JSON schema of the request body, for /openapi.json
+
+
+# ---- operations routes -----------------------------------------------------------------------
+async def health(service: Service, request: Request) -> Any:
+    return {"status": "ok"}
+
+
+async def ready(service: Service, request: Request) -> Any:
+    service.check_ready()
+    return {"status": "ready"}
+
+
+async def info(service: Service, request: Request) -> Any:
+    first = service.served[0]
+    m, c = first.manifest, service.config
+    model_type = (
+        {"reranker": {"id2label": {"0": "LABEL_0"}}}
+        if m.kind.value == "reranker"
+        else {"embedding": {"pooling": m.pooling.value if m.pooling else None}}
+    )
+    return {
+        "model_id": first.name,
+        "model_dtype": m.precision.value,
+        "model_type": model_type,
+        "max_input_length": m.max_length,
+        "max_batch_tokens": c.max_batch_tokens,
+        "max_client_batch_size": c.max_items,
+        "max_queue_items": c.max_queue_items,
+        "auto_truncate": c.truncate,
+        "version": __version__,
+        "ready": service.is_ready,
+        "models": [s.describe() for s in service.served],
+    }
+
+
+async def metrics(service: Service, request: Request) -> Any:
+    return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+
+
+OPS_ROUTES = [
+    Route("GET", "/health", health, "Liveness: 200 while the process serves HTTP (no API key needed)"),
+    Route("GET", "/ready", ready, "Readiness: 503 while warming up or draining"),
+    Route("GET", "/info", info, "The served bundles and the server's limits"),
+    Route("GET", "/metrics", metrics, "Prometheus text exposition"),
+]
+
+
+# ---- plumbing ----------------------------------------------------------------------------------
+def _endpoint(service: Service, route: Route) -> Callable[[Request], Awaitable[Response]]:
+    dialect = dialect_for(route.path)
+
+    async def endpoint(request: Request) -> Response:
+        t0 = time.perf_counter()
+        request.state.t0 = t0
+        failure = None
+        try:
+            result = await route.handler(service, request)
+            # encoding thousands of floats takes a while: not on the event loop's thread
+            response = result if isinstance(result, Response) else await asyncio.to_thread(JSONResponse, result)
+        except Exception as exc:
+            err = from_exception(exc)
+            if err.kind is E.INTERNAL:
+                log.exception("%s %s failed", route.method, route.path)
+            failure = err.kind.value
+            response = render(dialect, err)
+        service.metrics.request(route.path, response.status_code, time.perf_counter() - t0, failure)
+        return response
+
+    endpoint.__name__ = route.handler.__name__
+    return endpoint
+
+
+_STATUS_KIND = {401: E.UNAUTHORIZED, 404: E.NOT_FOUND, 405: E.METHOD_NOT_ALLOWED, 413: E.TOO_LARGE}
+
+
+class ApiKeyMiddleware:
+    """Every route but /health needs ``Authorization: Bearer KEY`` (or ``X-API-Key: KEY``)."""
+
+    def __init__(self, app: ASGIApp, *, key: str, service: Service, paths: set[str]) -> None:
+        self.app, self.key, self.service, self.paths = app, key.encode("utf-8"), service, paths
+
+    def _given(self, scope: Scope) -> bytes | None:
+        headers = dict(scope.get("headers") or [])
+        auth = headers.get(b"authorization")
+        if auth is not None:
+            scheme, _, token = auth.partition(b" ")
+            return token.strip() if scheme.lower() == b"bearer" else None
+        return headers.get(b"x-api-key")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == "/health":
+            await self.app(scope, receive, send)
+            return
+        given = self._given(scope)
+        if given is not None and hmac.compare_digest(given, self.key):
+            await self.app(scope, receive, send)
+            return
+        message = "missing API key" if given is None else "wrong API key"
+        err = ApiError(E.UNAUTHORIZED, f"{message}: send the header 'Authorization: Bearer <key>'")
+        route = scope["path"] if scope["path"] in self.paths else "unmatched"
+        self.service.metrics.request(route, err.status, 0.0, err.kind.value)
+        await render(dialect_for(scope["path"]), err)(scope, receive, send)
+
+
+def create_app(
+    models: Registry | Sequence[Served], config: ServerConfig | None = None, *, service: Service | None = None
+) -> FastAPI:
+    """The ASGI application serving ``models``. Starting it (lifespan) starts the batchers and the warm-up."""
+    from . import openai_api, tei_api
+
+    config = config or ServerConfig()
+    registry = models if isinstance(models, Registry) else Registry(models)
+    service = service or Service(registry, config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.start()
+        try:
+            yield
+        finally:
+            service.stop()
+
+    app = FastAPI(
+        title="edge-bge",
+        version=__version__,
+        description="BGE models on ONNX Runtime: OpenAI, text-embeddings-inference and Cohere/Jina compatible.",
+        docs_url=None,  # the docs pages load scripts from a CDN; /openapi.json stays
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    routes = [*OPS_ROUTES, *openai_api.ROUTES, *tei_api.ROUTES]
+    for route in routes:
+        extra = None
+        if route.body is not None:
+            extra = {"requestBody": {"required": True, "content": {"application/json": {"schema": route.body}}}}
+        app.add_api_route(
+            route.path,
+            _endpoint(service, route),
+            methods=[route.method],
+            summary=route.summary,
+            openapi_extra=extra,
+            response_class=JSONResponse,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        kind = _STATUS_KIND.get(exc.status_code, E.VALIDATION)
+        if kind is E.NOT_FOUND:
+            message = f"no route {request.url.path}; see /openapi.json"
+        elif kind is E.METHOD_NOT_ALLOWED:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        err = ApiError(kind, message, headers=dict(exc.headers or {}))
+        service.metrics.request("unmatched", err.status, 0.0, kind.value)
+        return render(dialect_for(request.url.path), err)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s", request.url.path)
+        return render(dialect_for(request.url.path), from_exception(exc))
+
+    if config.api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, key=config.api_key, service=service, paths={r.path for r in routes})
+    if config.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+        )
+    return app

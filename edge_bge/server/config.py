@@ -1,0 +1,77 @@
+"""``ServerConfig``: every knob of ``edge-bge serve``, with the reason for each default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..embedder import DEFAULT_MAX_BATCH_TOKENS
+from ..errors import InputError
+
+__all__ = ["ServerConfig"]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Limits, batching and security settings of the HTTP server (all keyword-only in practice)."""
+
+    # Loopback only: exposing a model server to the network is a decision the operator makes with --host.
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # None: no authentication (fine on loopback). Compared in constant time (hmac.compare_digest).
+    api_key: str | None = None
+    # Browsers may call the server only from these origins; empty = CORS off (no Access-Control headers).
+    cors_origins: tuple[str, ...] = ()
+
+    # Micro-batching. Texts from concurrent requests are coalesced until this many tokens are queued
+    # (the Embedder then cuts them into ONNX Runtime calls of at most this many padded tokens).
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    # Texts per coalesced run: bounds the memory one run can take regardless of token counts.
+    max_batch_items: int = 1024
+    # How long the first queued request waits for company when the model is idle. A few ms costs
+    # little latency and lets bursts share one run; while a run is busy, requests coalesce anyway.
+    batch_wait_ms: float = 2.0
+    # Texts waiting (not yet running) per model before new requests get 429: about a few seconds of work.
+    max_queue_items: int = 4096
+
+    # Per-request limits (413 beyond them). 2048 items is OpenAI's own limit per request.
+    max_items: int = 2048
+    max_chars: int = 1_000_000  # characters summed over a request's texts
+    max_body_bytes: int = 8 * 1024 * 1024
+    # Seconds from a request's arrival until it is answered 504 and its queued work dropped.
+    request_timeout: float = 60.0
+    # Seconds SIGTERM waits for in-flight requests before the server exits anyway.
+    drain_timeout: float = 30.0
+    # Over-long texts are truncated to the model's max_length (as sentence-transformers does) unless
+    # a request says truncate=false (TEI routes) or the server is started with --no-truncate.
+    truncate: bool = True
+    # Run the largest batch once before /ready turns 200, so out-of-memory shows at start, not under load.
+    warmup: bool = True
+    # Seconds suggested to clients in Retry-After when the queue is full or the server is warming up.
+    retry_after: int = 1
+
+    def __post_init__(self) -> None:
+        positive = {
+            "port": self.port,
+            "max_batch_tokens": self.max_batch_tokens,
+            "max_batch_items": self.max_batch_items,
+            "max_queue_items": self.max_queue_items,
+            "max_items": self.max_items,
+            "max_chars": self.max_chars,
+            "max_body_bytes": self.max_body_bytes,
+            "request_timeout": self.request_timeout,
+            "retry_after": self.retry_after,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise InputError(f"{name} must be positive, got {value}")
+        if self.batch_wait_ms < 0 or self.drain_timeout < 0:
+            raise InputError("batch_wait_ms and drain_timeout must be zero or positive")
+        if not 0 < self.port < 65536:
+            raise InputError(f"port must be in 1..65535, got {self.port}")
+        if self.max_items > self.max_queue_items:
+            raise InputError(
+                f"max_items ({self.max_items}) must not exceed max_queue_items ({self.max_queue_items}): "
+                "a request that large could never be queued"
+            )
+        if self.api_key is not None and not self.api_key:
+            raise InputError("the API key is empty")

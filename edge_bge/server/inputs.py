@@ -1,0 +1,158 @@
+"""Reading and checking request bodies: every bad input becomes an ApiError naming the field."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+
+from .config import ServerConfig
+from .errors import ApiError
+from .errors import Kind as E
+
+__all__ = ["read_json", "texts", "flag", "optional_int", "one_text", "prompt_prefix"]
+
+_JSON_TYPES = ("application/json",)
+
+TOKEN_IDS_HINT = (
+    "this server takes text, not token ids: send strings "
+    "(LangChain's OpenAIEmbeddings: set check_embedding_ctx_length=False)"
+)
+
+
+def _type(value: Any) -> str:
+    return (
+        "null"
+        if value is None
+        else {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
+            type(value), "number" if isinstance(value, (int, float)) else type(value).__name__
+        )
+    )
+
+
+async def read_json(request: Request, config: ServerConfig) -> dict[str, Any]:
+    """The body as a JSON object; 415 for a non-JSON content type, 413 past max_body_bytes, 400 for bad JSON."""
+    ctype = request.headers.get("content-type")
+    if ctype is not None and ctype.split(";")[0].strip().lower() not in _JSON_TYPES:
+        raise ApiError(E.UNSUPPORTED_MEDIA_TYPE, f"content type {ctype!r} is not supported; send application/json")
+    limit = config.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(E.TOO_LARGE, f"the body has {declared} bytes, more than the limit of {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(E.TOO_LARGE, f"the body has more than the limit of {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise ApiError(E.INVALID_JSON, "the body is empty; send a JSON object")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ApiError(E.INVALID_JSON, f"the body is not UTF-8 (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ApiError(
+            E.INVALID_JSON, f"the body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+        ) from None
+    except RecursionError:
+        raise ApiError(E.INVALID_JSON, "the body is nested too deeply") from None
+    except ValueError as e:  # e.g. an integer literal past Python's digit limit
+        raise ApiError(E.INVALID_JSON, f"the body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ApiError(E.VALIDATION, f"the body must be a JSON object, got {_type(data)}")
+    return data
+
+
+def _check_text(text: str, where: str, param: str) -> None:
+    if not text:
+        raise ApiError(E.VALIDATION, f"{where} is an empty string; send non-empty text", param=param)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ApiError(
+            E.VALIDATION, f"{where} is not valid Unicode ({e.reason} at position {e.start})", param=param
+        ) from None
+
+
+def one_text(value: Any, param: str) -> str:
+    """A required, non-empty, valid string field."""
+    if value is None:
+        raise ApiError(E.VALIDATION, f"'{param}' is required and must be a non-empty string", param=param)
+    if not isinstance(value, str):
+        raise ApiError(E.VALIDATION, f"'{param}' must be a string, got {_type(value)}", param=param)
+    _check_text(value, f"'{param}'", param)
+    return value
+
+
+def texts(value: Any, param: str, config: ServerConfig, *, objects: bool = False) -> list[str]:
+    """A string or a non-empty list of non-empty strings (``objects``: also {"text": ...} items)."""
+    if value is None:
+        raise ApiError(E.VALIDATION, f"'{param}' is required: a string or a list of strings", param=param)
+    if isinstance(value, str):
+        value = [value]
+    elif not isinstance(value, list):
+        raise ApiError(
+            E.VALIDATION, f"'{param}' must be a string or a list of strings, got {_type(value)}", param=param
+        )
+    if not value:
+        raise ApiError(E.VALIDATION, f"'{param}' is an empty list; send at least one text", param=param)
+    if len(value) > config.max_items:
+        raise ApiError(
+            E.TOO_LARGE, f"'{param}' has {len(value)} items, more than the limit of {config.max_items}", param=param
+        )
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in value) or all(
+        isinstance(v, list) and v and all(isinstance(t, int) and not isinstance(t, bool) for t in v) for v in value
+    ):
+        raise ApiError(E.VALIDATION, f"'{param}' holds token ids; {TOKEN_IDS_HINT}", param=param)
+    out: list[str] = []
+    chars = 0
+    for i, item in enumerate(value):
+        if objects and isinstance(item, dict):
+            item = item.get("text")
+            if not isinstance(item, str):
+                raise ApiError(E.VALIDATION, f"{param}[{i}] must have a string field 'text'", param=param)
+        if not isinstance(item, str):
+            raise ApiError(E.VALIDATION, f"{param}[{i}] is {_type(item)}, expected a string", param=param)
+        _check_text(item, f"{param}[{i}]", param)
+        chars += len(item)
+        out.append(item)
+    if chars > config.max_chars:
+        raise ApiError(
+            E.TOO_LARGE, f"'{param}' has {chars} characters, more than the limit of {config.max_chars}", param=param
+        )
+    return out
+
+
+def flag(data: dict[str, Any], key: str, default: bool) -> bool:
+    """An optional boolean field (null = default)."""
+    value = data.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ApiError(E.VALIDATION, f"'{key}' must be true or false, got {_type(value)}", param=key)
+    return value
+
+
+def optional_int(data: dict[str, Any], key: str, *, minimum: int = 1) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ApiError(E.VALIDATION, f"'{key}' must be an integer of at least {minimum}, got {_type(value)}", param=key)
+    return value
+
+
+def prompt_prefix(data: dict[str, Any], query_instruction: str) -> str:
+    """TEI's prompt_name: "query" prepends the bundle's query instruction; null adds nothing."""
+    name = data.get("prompt_name")
+    if name is None:
+        return ""
+    if name != "query":
+        raise ApiError(
+            E.VALIDATION, f"'prompt_name' must be \"query\" or null, got {json.dumps(name)[:40]}", param="prompt_name"
+        )
+    return query_instruction

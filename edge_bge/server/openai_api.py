@@ -1,0 +1,89 @@
+"""The OpenAI dialect: POST /v1/embeddings and GET /v1/models."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+
+from .app import Route
+from .errors import ApiError
+from .errors import Kind as E
+from .inputs import read_json, texts
+from .service import Service
+
+__all__ = ["ROUTES", "check_dimensions"]
+
+_STRINGS = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+
+EMBEDDINGS_BODY = {
+    "type": "object",
+    "required": ["input"],
+    "properties": {
+        "input": _STRINGS,
+        "model": {"type": "string"},
+        "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+        "dimensions": {"type": "integer"},
+        "user": {"type": "string"},
+    },
+}
+
+
+def check_dimensions(data: dict[str, Any], dim: int) -> None:
+    """``dimensions`` may only restate the model's own size (no Matryoshka truncation)."""
+    value = data.get("dimensions")
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value != dim:
+        raise ApiError(
+            E.VALIDATION,
+            f"this model gives {dim}-dimensional vectors; 'dimensions' must be {dim} or left out",
+            param="dimensions",
+        )
+
+
+def _b64(vector: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(vector, dtype="<f4").tobytes()).decode("ascii")
+
+
+async def embeddings(service: Service, request: Request) -> Any:
+    config = service.config
+    data = await read_json(request, config)
+    service.check_ready()
+    served = service.registry.pick("embed", data.get("model"), route="/v1/embeddings")
+    items = texts(data.get("input"), "input", config)
+    fmt = data.get("encoding_format")
+    if fmt is None:
+        fmt = "float"
+    if fmt not in ("float", "base64"):
+        raise ApiError(E.VALIDATION, '\'encoding_format\' must be "float" or "base64"', param="encoding_format")
+    check_dimensions(data, served.manifest.dim)
+    tokens = await service.count(served, items, param="input", truncate=config.truncate)
+    vectors = await service.submit(request, served, "embed", items, tokens)
+    if fmt == "base64":
+        rows: list[Any] = [_b64(v) for v in vectors]
+    else:
+        rows = vectors.tolist()
+    total = int(sum(tokens))
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)],
+        "model": served.name,
+        "usage": {"prompt_tokens": total, "total_tokens": total},
+    }
+
+
+async def models(service: Service, request: Request) -> Any:
+    created = int(service.started)
+    return {
+        "object": "list",
+        "data": [{"id": s.name, "object": "model", "created": created, "owned_by": "edge-bge"} for s in service.served],
+    }
+
+
+ROUTES = [
+    Route("POST", "/v1/embeddings", embeddings, "OpenAI embeddings (float or base64 float32 LE)", EMBEDDINGS_BODY),
+    Route("GET", "/v1/models", models, "OpenAI model list: the served bundles"),
+]

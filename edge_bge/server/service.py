@@ -1,0 +1,170 @@
+"""``Service``: what the routes share: registry, config, metrics, readiness, and the way to the batchers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from starlette.requests import Request
+
+from .batcher import Batcher, QueueFull
+from .config import ServerConfig
+from .errors import ApiError, from_exception
+from .errors import Kind as E
+from .metrics import Metrics
+from .models import Registry, Served
+
+__all__ = ["Service"]
+
+log = logging.getLogger("edge_bge")
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client has gone away (the body has been read before this is awaited)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+        await asyncio.sleep(0.01)  # a stray empty body message: do not spin
+
+
+class Service:
+    """Readiness (warming up, ready, draining), token counting, and queued runs with deadlines."""
+
+    def __init__(self, registry: Registry, config: ServerConfig, metrics: Metrics | None = None) -> None:
+        self.registry, self.config = registry, config
+        self.metrics = metrics or Metrics()
+        self.started = time.time()
+        self.ready = False
+        self.draining = False
+        self.warmup_error: str | None = None
+        self._warm_thread: threading.Thread | None = None
+        for served in registry.served:
+            served.batcher = Batcher(
+                served.name,
+                served.run,
+                metrics=self.metrics,
+                max_batch_tokens=config.max_batch_tokens,
+                max_batch_items=config.max_batch_items,
+                wait_s=config.batch_wait_ms / 1000.0,
+                max_queue_items=config.max_queue_items,
+            )
+        self.metrics.gauge(
+            "edge_bge_queue_depth",
+            "Texts (or pairs) queued and not yet running, per model.",
+            lambda: [((("model", s.name),), float(self._batcher(s).depth)) for s in self.registry.served],
+        )
+        self.metrics.gauge("edge_bge_ready", "1 when /ready answers 200.", lambda: [((), float(self.is_ready))])
+
+    @staticmethod
+    def _batcher(served: Served) -> Batcher:
+        if served.batcher is None:
+            raise RuntimeError(f"{served.name} has no batcher")
+        return served.batcher
+
+    @property
+    def served(self) -> Sequence[Served]:
+        return self.registry.served
+
+    @property
+    def is_ready(self) -> bool:
+        return self.ready and not self.draining
+
+    # ---- life cycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the batchers and warm the models up on a thread; /ready turns 200 when it is done."""
+        for served in self.served:
+            self._batcher(served).start()
+        if not self.config.warmup:
+            self.ready = True
+            return
+        self._warm_thread = threading.Thread(target=self._warm_up, name="edge-bge-warmup", daemon=True)
+        self._warm_thread.start()
+
+    def _warm_up(self) -> None:
+        for served in self.served:
+            t0 = time.perf_counter()
+            try:
+                served.warm_up(
+                    max_batch_tokens=self.config.max_batch_tokens, max_batch_items=self.config.max_batch_items
+                )
+            except Exception as e:  # reported by /ready; the server stays unready
+                self.warmup_error = f"warm-up of {served.name!r} failed: {e}"
+                log.error("%s", self.warmup_error)
+                return
+            log.info("warmed up %s in %.2f s", served.name, time.perf_counter() - t0)
+        self.ready = True
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        if self._warm_thread is not None:
+            self._warm_thread.join(timeout)
+        return self.ready
+
+    def stop(self) -> None:
+        """Finish what is queued and end the worker threads (after the HTTP server has drained)."""
+        self.draining = True
+        for served in self.served:
+            if served.batcher is not None:
+                served.batcher.stop(timeout=self.config.drain_timeout)
+
+    def check_ready(self) -> None:
+        if self.draining:
+            raise ApiError(E.UNAVAILABLE, "the server is shutting down")
+        if not self.ready:
+            reason = self.warmup_error or "the server is warming up"
+            raise ApiError(E.UNAVAILABLE, reason, headers={"Retry-After": str(self.config.retry_after)})
+
+    # ---- work --------------------------------------------------------------------------------
+    async def count(
+        self, served: Served, items: Sequence[Any], *, param: str, truncate: bool, pairs: bool = False
+    ) -> list[int]:
+        """Tokens per input after truncation; 413 for an over-long input when ``truncate`` is false."""
+
+        def count() -> list[int]:
+            if not truncate:
+                served.check_length(items, param=param)
+            return served.count_tokens(items, pairs=pairs)
+
+        return await asyncio.to_thread(count)
+
+    async def submit(self, request: Request, served: Served, op: str, items: list[Any], tokens: Sequence[int]) -> Any:
+        """Queue ``items`` for ``op`` and wait for exactly their results, the deadline, or the client leaving."""
+        self.check_ready()
+        batcher = self._batcher(served)
+        try:
+            job = batcher.submit(op, items, int(sum(tokens)))
+        except QueueFull as e:
+            raise ApiError(
+                E.OVERLOADED,
+                f"the server is busy ({e}); retry later",
+                headers={"Retry-After": str(self.config.retry_after)},
+            ) from None
+        t0 = getattr(request.state, "t0", time.perf_counter())
+        remaining = max(0.0, self.config.request_timeout - (time.perf_counter() - t0))
+        watcher = asyncio.ensure_future(_disconnected(request))
+        try:
+            done, _ = await asyncio.wait({job.future, watcher}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the server gave up on this request (shutdown deadline)
+            batcher.cancel(job)
+            job.future.cancel()
+            raise
+        finally:
+            watcher.cancel()
+        if job.future in done:
+            error = job.future.exception()
+            if error is not None:
+                raise from_exception(error)
+            return job.future.result()
+        dropped = batcher.cancel(job)
+        job.future.cancel()  # a run already under way: its result is discarded
+        if watcher in done:
+            if dropped:
+                self.metrics.drop(served.name, "disconnect")
+            raise ApiError(E.CLIENT_CLOSED, "the client closed the connection before the answer")
+        if dropped:
+            self.metrics.drop(served.name, "timeout")
+        raise ApiError(E.TIMEOUT, f"no answer within the request deadline of {self.config.request_timeout:g} s")

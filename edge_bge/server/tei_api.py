@@ -1,0 +1,188 @@
+"""The text-embeddings-inference dialect (/embed, /embed_sparse, /rerank, /tokenize) and Cohere/Jina /v1/rerank."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+
+from .app import Route
+from .errors import ApiError
+from .errors import Kind as E
+from .inputs import flag, one_text, optional_int, prompt_prefix, read_json, texts
+from .models import Served
+from .openai_api import check_dimensions
+from .service import Service
+
+__all__ = ["ROUTES"]
+
+_STRINGS = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+_EMBED_BODY = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "inputs": _STRINGS,
+        "normalize": {"type": "boolean"},
+        "truncate": {"type": "boolean"},
+        "prompt_name": {"type": "string", "enum": ["query"]},
+        "model": {"type": "string"},
+    },
+}
+_RERANK_BODY = {
+    "type": "object",
+    "required": ["query"],
+    "properties": {
+        "query": {"type": "string"},
+        "texts": {"type": "array", "items": {"type": "string"}},
+        "documents": {"type": "array", "items": {"type": "string"}},
+        "raw_scores": {"type": "boolean"},
+        "return_text": {"type": "boolean"},
+        "truncate": {"type": "boolean"},
+        "model": {"type": "string"},
+    },
+}
+_COHERE_BODY = {
+    "type": "object",
+    "required": ["query", "documents"],
+    "properties": {
+        "query": {"type": "string"},
+        "documents": {"type": "array", "items": {"oneOf": [{"type": "string"}, {"type": "object"}]}},
+        "top_n": {"type": "integer", "minimum": 1},
+        "return_documents": {"type": "boolean"},
+        "model": {"type": "string"},
+    },
+}
+_TOKENIZE_BODY = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {"inputs": _STRINGS, "add_special_tokens": {"type": "boolean"}, "prompt_name": {"type": "string"}},
+}
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+
+
+async def _embed_inputs(service: Service, data: dict[str, Any], op: str, route: str) -> tuple[Served, list[str], bool]:
+    served = service.registry.pick(op, data.get("model"), route=route)
+    items = texts(data.get("inputs"), "inputs", service.config)
+    truncate = flag(data, "truncate", service.config.truncate)
+    prefix = prompt_prefix(data, served.manifest.query_instruction)
+    return served, [prefix + t for t in items] if prefix else items, truncate
+
+
+async def embed(service: Service, request: Request) -> Any:
+    data = await read_json(request, service.config)
+    service.check_ready()
+    served, items, truncate = await _embed_inputs(service, data, "embed", "/embed")
+    normalize = flag(data, "normalize", True)
+    check_dimensions(data, served.manifest.dim)
+    if not normalize and served.manifest.normalize:
+        raise ApiError(
+            E.VALIDATION,
+            f"{served.name!r} L2-normalises inside its graph, so normalize=false cannot be served; leave it out",
+            param="normalize",
+        )
+    tokens = await service.count(served, items, param="inputs", truncate=truncate)
+    vectors = await service.submit(request, served, "embed", items, tokens)
+    if normalize and not served.manifest.normalize:
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = vectors / np.maximum(norms, 1e-12)
+    return vectors.tolist()
+
+
+async def embed_sparse(service: Service, request: Request) -> Any:
+    data = await read_json(request, service.config)
+    service.check_ready()
+    served, items, truncate = await _embed_inputs(service, data, "sparse", "/embed_sparse")
+    tokens = await service.count(served, items, param="inputs", truncate=truncate)
+    weights = await service.submit(request, served, "sparse", items, tokens)
+    return [[{"index": k, "value": float(v)} for k, v in sorted((int(k), v) for k, v in w.items())] for w in weights]
+
+
+async def _scores(
+    service: Service, request: Request, served: Served, query: str, docs: list[str], param: str, truncate: bool
+) -> tuple[np.ndarray, int]:
+    pairs = [(query, d) for d in docs]
+    tokens = await service.count(served, pairs, param=param, truncate=truncate, pairs=True)
+    logits = await service.submit(request, served, "score", pairs, tokens)
+    return np.asarray(logits, dtype=np.float32).reshape(-1), int(sum(tokens))
+
+
+def _docs(data: dict[str, Any], service: Service) -> tuple[list[str], str]:
+    param = "documents" if data.get("texts") is None and data.get("documents") is not None else "texts"
+    return texts(data.get(param), param, service.config), param
+
+
+async def rerank(service: Service, request: Request) -> Any:
+    data = await read_json(request, service.config)
+    service.check_ready()
+    served = service.registry.pick("score", data.get("model"), route="/rerank")
+    query = one_text(data.get("query"), "query")
+    docs, param = _docs(data, service)
+    raw = flag(data, "raw_scores", False)
+    return_text = flag(data, "return_text", False)
+    truncate = flag(data, "truncate", service.config.truncate)
+    logits, _ = await _scores(service, request, served, query, docs, param, truncate)
+    scores = logits if raw else _sigmoid(logits)
+    out = []
+    for i in np.argsort(-scores, kind="stable"):
+        row: dict[str, Any] = {"index": int(i), "score": float(scores[i])}
+        if return_text:
+            row["text"] = docs[i]
+        out.append(row)
+    return out
+
+
+async def cohere_rerank(service: Service, request: Request) -> Any:
+    data = await read_json(request, service.config)
+    service.check_ready()
+    served = service.registry.pick("score", data.get("model"), route="/v1/rerank")
+    query = one_text(data.get("query"), "query")
+    docs = texts(data.get("documents"), "documents", service.config, objects=True)
+    top_n = optional_int(data, "top_n")
+    return_documents = flag(data, "return_documents", False)
+    logits, total = await _scores(service, request, served, query, docs, "documents", service.config.truncate)
+    scores = _sigmoid(logits)
+    results = []
+    for i in np.argsort(-scores, kind="stable")[:top_n]:
+        row: dict[str, Any] = {"index": int(i), "relevance_score": float(scores[i])}
+        if return_documents:
+            row["document"] = {"text": docs[i]}
+        results.append(row)
+    return {"id": str(uuid.uuid4()), "model": served.name, "results": results, "usage": {"total_tokens": total}}
+
+
+async def tokenize(service: Service, request: Request) -> Any:
+    data = await read_json(request, service.config)
+    served = service.registry.pick(None, data.get("model"), route="/tokenize")
+    items = texts(data.get("inputs"), "inputs", service.config)
+    special = flag(data, "add_special_tokens", True)
+    prefix = prompt_prefix(data, served.manifest.query_instruction)
+    items = [prefix + t for t in items] if prefix else items
+    rust = served.model.tokenizer.tokenizer
+    encodings = await asyncio.to_thread(rust.encode_batch, items, add_special_tokens=special)
+    out = []
+    for text, enc in zip(items, encodings, strict=True):
+        tokens = []
+        for tid, tok, (start, stop), is_special in zip(
+            enc.ids, enc.tokens, enc.offsets, enc.special_tokens_mask, strict=True
+        ):
+            if is_special:
+                tokens.append({"id": tid, "text": tok, "special": True, "start": None, "stop": None})
+            else:
+                tokens.append({"id": tid, "text": text[start:stop], "special": False, "start": start, "stop": stop})
+        out.append(tokens)
+    return out
+
+
+ROUTES = [
+    Route("POST", "/embed", embed, "TEI: dense embeddings", _EMBED_BODY),
+    Route("POST", "/embed_sparse", embed_sparse, "TEI: bge-m3 sparse (lexical) weights per token id", _EMBED_BODY),
+    Route("POST", "/rerank", rerank, "TEI: score texts against a query with a reranker bundle", _RERANK_BODY),
+    Route("POST", "/tokenize", tokenize, "TEI: the tokens a text becomes", _TOKENIZE_BODY),
+    Route("POST", "/v1/rerank", cohere_rerank, "Cohere/Jina rerank: index and relevance_score", _COHERE_BODY),
+]
