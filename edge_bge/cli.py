@@ -50,6 +50,7 @@ def _export(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         normalize=args.normalize,
         query_instruction=args.query_instruction,
+        external_data=args.external_data,
     )
     print(summary(path))
     return 0
@@ -397,6 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-length", type=int, help="override the truncation length (tokens)")
     e.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None)
     e.add_argument("--query-instruction", help="prefix for queries (embed_queries)")
+    e.add_argument(
+        "--external-data",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="weights in model.onnx.data (default: only when the graph passes 2 GiB)",
+    )
     e.set_defaults(func=_export)
 
     m = sub.add_parser("embed", parents=[common], help="embed texts; JSON lines on stdout, or .npy / .jsonl")

@@ -42,7 +42,10 @@ def fuse(src: Path, dst: Path, *, num_layers: int) -> dict[str, int]:
             f"ONNX Runtime's optimizer did not fuse {', '.join(missing)} "
             f"(got {stats}); the CPU target needs them. Try --target tensorrt for the plain graph."
         )
-    model.save_model_to_file(str(dst))
+    from edge_bge.bundle import external_data_locations
+
+    big = bool(external_data_locations(src))  # torch wrote external data: the graph passes 2 GiB
+    model.save_model_to_file(str(dst), use_external_data_format=big)
     return stats
 
 

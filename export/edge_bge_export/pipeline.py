@@ -144,6 +144,40 @@ def _int8_search(
     return {**info, "search": {**search, "result": final, "sensitivity": damage}}
 
 
+# A protobuf cannot pass 2 GiB: larger graphs keep their weights in one external file.
+EXTERNAL_DATA_BYTES = 1_900_000_000
+EXTERNAL_DATA_NAME = MODEL_NAME + ".data"
+
+
+def _graph_bytes(path: Path) -> int:
+    from edge_bge.bundle import external_data_locations
+
+    return path.stat().st_size + sum((path.parent / loc).stat().st_size for loc in external_data_locations(path))
+
+
+def _finalize(src: Path, staging: Path, *, external_data: bool | None) -> list[str]:
+    """Write the graph as staging/model.onnx; weights in model.onnx.data when asked or when the
+    graph would pass 2 GiB. Returns the file names written."""
+    import onnx
+
+    from edge_bge.bundle import external_data_locations
+
+    external = _graph_bytes(src) > EXTERNAL_DATA_BYTES if external_data is None else external_data
+    if not external and not external_data_locations(src):
+        shutil.copyfile(src, staging / MODEL_NAME)
+        return [MODEL_NAME]
+    proto = onnx.load(str(src), load_external_data=True)
+    onnx.save_model(
+        proto,
+        str(staging / MODEL_NAME),
+        save_as_external_data=external,
+        all_tensors_to_one_file=True,
+        location=EXTERNAL_DATA_NAME,
+        size_threshold=1024,
+    )
+    return [MODEL_NAME, EXTERNAL_DATA_NAME] if external else [MODEL_NAME]
+
+
 def _write_bundle(staging: Path, manifest: Manifest) -> None:
     (staging / MANIFEST_NAME).write_text(manifest.dumps(), encoding="utf-8")
 
@@ -157,6 +191,7 @@ def export(
     force: bool = False,
     checkpoint: str | None = None,
     report: Callable[[str], None] = _stderr,
+    external_data: bool | None = None,
     **overrides: Any,
 ) -> Path:
     """Export SOURCE to a verified bundle at ``out``; returns its path. Nothing is written on failure."""
@@ -182,7 +217,7 @@ def export(
     recipe, ckpt = resolve(source, checkpoint=checkpoint, **overrides)
     try:
         with tempfile.TemporaryDirectory(prefix=".edge-bge-export-", dir=parent) as tmp:
-            return _export(recipe, ckpt, prec, TARGETS[target], Path(tmp), out, force, stage)
+            return _export(recipe, ckpt, prec, TARGETS[target], Path(tmp), out, stage, external_data)
     except OSError as e:
         raise ExportError(
             f"writing the bundle failed: {e.strerror or e} ({e.filename or parent}); nothing was written"
@@ -190,7 +225,14 @@ def export(
 
 
 def _export(
-    recipe: Recipe, ckpt: Path, prec: Precision, target: Target, tmp: Path, out: Path, force: bool, stage: _Stages
+    recipe: Recipe,
+    ckpt: Path,
+    prec: Precision,
+    target: Target,
+    tmp: Path,
+    out: Path,
+    stage: _Stages,
+    external_data: bool | None,
 ) -> Path:
     from .heads import build_module
 
@@ -229,10 +271,10 @@ def _export(
     n_probe = len(probes.probe_texts(recipe.max_length))
 
     stage(f"converting to {prec.value}")
-    model = staging / MODEL_NAME
+    model = tmp / "final.onnx"
     gate = recipe.gate(prec)
     if prec is Precision.FP32:
-        shutil.copyfile(base, model)
+        model = base
     elif prec is Precision.FP16:
         optimization["precision"] = optimize.to_fp16(base, model, fused=target is Target.CPU_FUSED)
     else:
@@ -257,6 +299,7 @@ def _export(
             similarity=_pearson if is_reranker else _cosines,
         )
 
+    files = _finalize(model, staging, external_data=external_data)
     stage("verifying the bundle with the edge_bge runtime")
     from .verify import verify_bundle
 
@@ -273,7 +316,7 @@ def _export(
         query_instruction=recipe.query_instruction,
         inputs=inputs,
         outputs=graph.OUTPUTS[recipe.kind],
-        files={n: sha256_file(staging / n) for n in (MODEL_NAME, TOKENIZER_NAME)},
+        files={n: sha256_file(staging / n) for n in (*files, TOKENIZER_NAME)},
         source={"id": recipe.source, "revision": recipe.revision, "checkpoint": str(ckpt)},
         exported_with=_versions(),
         optimization=optimization,

@@ -194,3 +194,22 @@ def test_exported_bundle_matches_transformers_by_hand(tiny_fp32, tiny_bge_dir):
     np.testing.assert_allclose(got, want, atol=2e-5)
     assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
     assert not np.allclose(emb.embed(texts), got, atol=1e-3)  # the instruction matters
+
+
+def test_external_data_bundle(tmp_path, tiny_bge_dir):
+    """Graphs past 2 GiB keep weights in model.onnx.data: forced here on a tiny model."""
+    from edge_bge import ModelFilesError
+    from edge_bge.bundle import external_data_locations
+
+    out = pipeline.export(str(tiny_bge_dir), out=tmp_path / "b", external_data=True, **QUIET)
+    m = Manifest.load(out)
+    assert set(m.files) == {"model.onnx", "model.onnx.data", "tokenizer.json"}
+    assert external_data_locations(out / "model.onnx") == {"model.onnx.data"}
+    assert (out / "model.onnx").stat().st_size < 100_000 < (out / "model.onnx.data").stat().st_size
+    assert m.parity["summary"]["cosine_min"] >= 0.99999
+    Embedder(out).embed(["loads from the external data"])
+    with (out / "model.onnx.data").open("r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01")
+    with pytest.raises(ModelFilesError, match="model.onnx.data does not match"):
+        Embedder(out)
