@@ -175,6 +175,8 @@ def _finalize(src: Path, staging: Path, *, external_data: bool | None) -> list[s
         location=EXTERNAL_DATA_NAME,
         size_threshold=1024,
     )
+    if external:
+        (staging / EXTERNAL_DATA_NAME).chmod(0o644)  # onnx writes it 0600; bundles are read by services
     return [MODEL_NAME, EXTERNAL_DATA_NAME] if external else [MODEL_NAME]
 
 

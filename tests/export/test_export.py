@@ -206,6 +206,7 @@ def test_external_data_bundle(tmp_path, tiny_bge_dir):
     assert set(m.files) == {"model.onnx", "model.onnx.data", "tokenizer.json"}
     assert external_data_locations(out / "model.onnx") == {"model.onnx.data"}
     assert (out / "model.onnx").stat().st_size < 100_000 < (out / "model.onnx.data").stat().st_size
+    assert (out / "model.onnx.data").stat().st_mode & 0o777 == 0o644
     assert m.parity["summary"]["cosine_min"] >= 0.99999
     Embedder(out).embed(["loads from the external data"])
     with (out / "model.onnx.data").open("r+b") as f:
