@@ -140,7 +140,7 @@ def _int8_search(
     if hi == len(ranked):
         raise ParityError(f"int8 cannot reach {aim} on the calibration set with any node quantized")
     info, final = score(ranked[:hi])
-    stage(f"  int8 meets the aim with {hi} of {len(nodes)} weight nodes kept in fp32")
+    stage(f"  int8 meets the aim with {hi} of {len(nodes)} weight nodes out of dynamic int8 (weight-only int8 or fp32)")
     return {**info, "search": {**search, "result": final, "sensitivity": damage}}
 
 
