@@ -129,9 +129,7 @@ async def load(url: str, model: str, requests: list[list[str]], clients: int, wa
     import httpx
 
     async def one(client: httpx.AsyncClient, texts: list[str]) -> dict:
-        r = await client.post(
-            "/v1/embeddings", json={"input": texts, "model": model, "encoding_format": "base64"}
-        )
+        r = await client.post("/v1/embeddings", json={"input": texts, "model": model, "encoding_format": "base64"})
         r.raise_for_status()
         return r.json()
 
@@ -274,8 +272,17 @@ def main() -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     exe = Path(sys.executable).with_name("edge-bge")
-    cmd = [str(exe) if exe.exists() else "edge-bge", "serve", str(args.bundle), "--port", str(port),
-           "--threads", str(args.threads), "--providers", "cpu"]
+    cmd = [
+        str(exe) if exe.exists() else "edge-bge",
+        "serve",
+        str(args.bundle),
+        "--port",
+        str(port),
+        "--threads",
+        str(args.threads),
+        "--providers",
+        "cpu",
+    ]
     res["server_command"] = " ".join(shlex.quote(c) for c in cmd)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     server: dict = {}
@@ -285,8 +292,11 @@ def main() -> int:
         for c in CONCURRENCY:
             print(f"server, {c} clients ...", flush=True)
             server[str(c)] = asyncio.run(load(url, model, requests, c, warmup))
-            print(f"  {server[str(c)]['texts_per_s']} texts/s, p50 {server[str(c)]['p50_ms']} ms, "
-                  f"p99 {server[str(c)]['p99_ms']} ms", flush=True)
+            print(
+                f"  {server[str(c)]['texts_per_s']} texts/s, p50 {server[str(c)]['p50_ms']} ms, "
+                f"p99 {server[str(c)]['p99_ms']} ms",
+                flush=True,
+            )
     finally:
         proc.terminate()
         try:
@@ -306,8 +316,12 @@ def main() -> int:
         r["ratio"] = round(r["texts_per_s"] / base["texts_per_s"], 3)
     res["server"] = server
     top = str(CONCURRENCY[-1])
-    res["target"] = {"clients": CONCURRENCY[-1], "min_ratio": 0.8, "ratio": server[top]["ratio"],
-                     "met": server[top]["ratio"] >= 0.8}
+    res["target"] = {
+        "clients": CONCURRENCY[-1],
+        "min_ratio": 0.8,
+        "ratio": server[top]["ratio"],
+        "met": server[top]["ratio"] >= 0.8,
+    }
     res["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
 
     out_json.parent.mkdir(parents=True, exist_ok=True)
