@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from edge_bge import batching
+from edge_bge.embedder import DEFAULT_MAX_BATCH_TOKENS
 from edge_bge.manifest import MANIFEST_NAME, MODEL_NAME, TOKENIZER_NAME, Kind, Manifest, Precision, Target, sha256_file
 from edge_bge.tokenize import TextTokenizer
 
@@ -76,7 +77,13 @@ class _Runner:
     """Runs candidate graphs on fixed token batches (the runtime's own batching)."""
 
     def __init__(self, tokenizer: TextTokenizer, encodings: list[Any], inputs: tuple[str, ...], output: str) -> None:
-        self.batches = list(batching.batches(encodings, inputs=inputs, pad_id=tokenizer.pad_id, max_batch_tokens=4096))
+        # the runtime's own CPU batches: dynamic int8 scales activations per batch, so the search
+        # must see the batches the verification (and users) will run
+        self.batches = list(
+            batching.batches(
+                encodings, inputs=inputs, pad_id=tokenizer.pad_id, max_batch_tokens=DEFAULT_MAX_BATCH_TOKENS
+            )
+        )
         self.n, self.output = len(encodings), output
 
     def feeds(self, limit: int = 64) -> list[dict[str, Any]]:
