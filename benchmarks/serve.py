@@ -23,7 +23,6 @@ import asyncio
 import base64
 import json
 import os
-import platform
 import random
 import shlex
 import socket
@@ -34,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from run import cpu_model  # benchmarks/run.py, beside this script
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -41,16 +41,6 @@ CORPUS = HERE / "corpus.jsonl"
 DEFAULT_BUNDLE = RESULTS / "bundles" / "minilm-int8"
 CONCURRENCY = [1, 8, 32]
 SEED = 5
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_requests(n: int) -> list[list[str]]:
