@@ -16,7 +16,7 @@ from .bundle import Bundle
 from .errors import InferenceError, InputError
 from .m3 import M3Output, hybrid_scores, lexical_weights
 from .manifest import Kind, Manifest
-from .tokenize import TextTokenizer
+from .tokenize import TextTokenizer, check_pairs, check_texts
 
 __all__ = ["Embedder", "DEFAULT_MAX_BATCH_TOKENS", "GPU_MAX_BATCH_TOKENS"]
 
@@ -164,9 +164,7 @@ class Embedder(_Model):
             return self.embed(prefix + texts, **kw)
         if not isinstance(texts, Sequence):
             raise InputError(f"texts must be a str or a sequence of str, got {type(texts).__name__}")
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise InputError(f"texts[{i}] is {type(t).__name__}, expected str")
+        check_texts(texts)
         return self.embed([prefix + t for t in texts], **kw)
 
     def embed_documents(self, texts: str | Sequence[str], **kw: Any) -> np.ndarray:
@@ -210,9 +208,7 @@ class Embedder(_Model):
     ) -> dict[str, np.ndarray]:
         """bge-m3 hybrid relevance of (query, passage) pairs: dense, sparse, colbert and the
         weighted sparse+dense and colbert+sparse+dense, each float32 [n]."""
-        for i, pair in enumerate(pairs):
-            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-                raise InputError(f"pairs[{i}] is {type(pair).__name__}, expected a (query, passage) pair")
+        check_pairs(pairs)
         q = self.encode([p[0] for p in pairs], dense=True, sparse=True, colbert=True)
         p = self.encode([p[1] for p in pairs], dense=True, sparse=True, colbert=True)
         return hybrid_scores(q, p, weights=weights)

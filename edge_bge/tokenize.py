@@ -11,7 +11,7 @@ from tokenizers import Encoding, Tokenizer
 
 from .errors import InputError, ModelFilesError
 
-__all__ = ["TextTokenizer", "check_texts"]
+__all__ = ["TextTokenizer", "check_pairs", "check_texts"]
 
 
 def check_texts(texts: Sequence[Any], *, what: str = "texts") -> None:
@@ -23,6 +23,14 @@ def check_texts(texts: Sequence[Any], *, what: str = "texts") -> None:
             text.encode("utf-8")
         except UnicodeEncodeError as e:
             raise InputError(f"{what}[{i}] is not valid Unicode ({e.reason} at position {e.start})") from None
+
+
+def check_pairs(pairs: Sequence[Any]) -> None:
+    """Raise InputError naming the first item that is not a (str, str) pair."""
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise InputError(f"pairs[{i}] is {type(pair).__name__}, expected a (query, passage) pair")
+        check_texts(pair, what=f"pairs[{i}]")
 
 
 class TextTokenizer:
@@ -63,10 +71,7 @@ class TextTokenizer:
     def encode_pairs(self, pairs: Sequence[Any], *, query_max_length: int) -> list[Encoding]:
         """(query, passage) pairs as FlagReranker builds them: the query cut to query_max_length
         tokens, then the passage cut so the whole pair fits max_length."""
-        for i, pair in enumerate(pairs):
-            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-                raise InputError(f"pairs[{i}] is {type(pair).__name__}, expected a (query, passage) pair")
-            check_texts(pair, what=f"pairs[{i}]")
+        check_pairs(pairs)
         full = self._untruncated()
         queries = full.encode_batch([p[0] for p in pairs], add_special_tokens=False)
         passages = full.encode_batch([p[1] for p in pairs], add_special_tokens=False)

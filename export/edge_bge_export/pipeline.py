@@ -22,6 +22,7 @@ from . import graph, optimize, probes, reference
 from .errors import ExportError, ParityError
 from .recipes import Recipe
 from .source import resolve
+from .verify import cosines, pearson, verify_bundle
 
 TARGETS = {"cpu": Target.CPU_FUSED, "tensorrt": Target.PLAIN}
 # The int8 search aims this far inside the gate on the calibration set, so that unseen text passes too.
@@ -41,17 +42,9 @@ class _Stages:
         self.report(f"[{self.n}/{self.total}] {what} ({time.perf_counter() - self.t0:.1f}s)")
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    na = np.linalg.norm(a, axis=-1)
-    nb = np.linalg.norm(b, axis=-1)
-    return (a * b).sum(-1) / np.maximum(na * nb, 1e-12)
-
-
 def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Reranker logits: one correlation over all probe pairs, repeated per pair."""
-    a, b = a.reshape(-1), b.reshape(-1)
-    r = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float(np.allclose(a, b, atol=1e-4))
-    return np.full(len(a), r)
+    return np.full(a.size, pearson(a, b))
 
 
 def _versions() -> dict[str, str]:
@@ -112,7 +105,7 @@ def _int8_search(
     want: np.ndarray,
     gate: dict[str, float],
     stage: Callable[[str], None],
-    similarity: Callable[[np.ndarray, np.ndarray], np.ndarray] = _cosines,
+    similarity: Callable[[np.ndarray, np.ndarray], np.ndarray] = cosines,
 ) -> dict[str, Any]:
     """Quantize everything; if the calibration set misses the gate (with margin), keep the most
     sensitive weight nodes (measured one at a time) in fp32: the fewest that pass, by bisection."""
@@ -305,13 +298,11 @@ def _export(
             want=reference.comparable(want, recipe),
             gate=gate,
             stage=stage.report,
-            similarity=_pearson if is_reranker else _cosines,
+            similarity=_pearson if is_reranker else cosines,
         )
 
     files = _finalize(model, staging, external_data=external_data)
     stage("verifying the bundle with the edge_bge runtime")
-    from .verify import verify_bundle
-
     manifest = Manifest(
         name=recipe.name,
         kind=recipe.kind,

@@ -15,8 +15,15 @@ from .recipes import Recipe
 from .reference import rerank_pairs
 
 
-def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of [..., d] arrays."""
     return (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation of two score vectors; a constant vector matches only an (almost) equal one."""
+    a, b = a.reshape(-1), b.reshape(-1)
+    return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float(np.allclose(a, b, atol=1e-4))
 
 
 def _finite(got: np.ndarray, texts: list[str]) -> None:
@@ -33,7 +40,7 @@ def _m3_extras(got: Any, want: dict[str, Any]) -> dict[str, float]:
         abs(g.get(t, 0.0) - w.get(t, 0.0)) for g, w in zip(got.sparse, want["sparse"], strict=True) for t in {*g, *w}
     ]
     counts = all(len(g) == len(w) for g, w in zip(got.colbert, want["colbert"], strict=True))
-    ccos = [float(_cos(g, w).min()) for g, w in zip(got.colbert, want["colbert"], strict=True) if len(g) and counts]
+    ccos = [float(cosines(g, w).min()) for g, w in zip(got.colbert, want["colbert"], strict=True) if len(g) and counts]
     return {
         "sparse_same_ids": float(same_ids),
         "sparse_max_abs_diff": float(max(diffs, default=0.0)),
@@ -62,7 +69,7 @@ def verify_bundle(
         got = Reranker(bundle, providers="cpu").score(pairs)
         _finite(got, texts)
         ref = want["logits"]
-        corr = float(np.corrcoef(got, ref)[0, 1]) if np.std(ref) > 0 else float(np.allclose(got, ref, atol=1e-4))
+        corr = pearson(got, ref)
         cos = np.full(len(texts), corr)
         worst = int(np.abs(got - ref).argmax())
         extras = {"logits_max_abs_diff": float(np.abs(got - ref).max()), "logits_pearson": corr}
@@ -76,7 +83,7 @@ def verify_bundle(
             got, ref = model.embed(texts), want["embedding"]
         assert got is not None
         _finite(got, texts)
-        cos = _cos(got, ref)
+        cos = cosines(got, ref)
         worst = int(cos.argmin())
     summary = {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), **extras}
     parity = {
