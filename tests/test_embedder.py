@@ -37,7 +37,7 @@ def test_minilm_fp32_matches_sentence_transformers(minilm_fp32, texts500, st_vec
 
 def test_minilm_int8_meets_gate_on_real_text(minilm_int8, texts500, st_vectors):
     cos = _cos(Embedder(minilm_int8, providers="cpu").embed(texts500), st_vectors)
-    assert cos.min() >= 0.99 and cos.mean() >= 0.995
+    assert cos.min() >= 0.995 and cos.mean() >= 0.998
 
 
 def test_long_and_empty_texts_match_reference(minilm_fp32, st_minilm):

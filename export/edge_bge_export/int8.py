@@ -1,0 +1,465 @@
+"""Row-wise int8 for the CPU target: every weight MatMul (attention projections included) runs
+on ONNX Runtime's integer GEMM, with one activation scale per token row, computed at run time.
+
+Why per row: a scale taken over the whole batch tensor (ONNX Runtime's dynamic quantization)
+makes a text's vector depend on what else is in its batch. One scale per token row depends on
+that token alone, so a text gets the same vector alone or batched, and a rare outlier token
+costs precision only in its own row.
+
+The rewrite, for a MatMul ``X[..., K] @ W[K, N]``:
+
+    X'  = X / s  (+ shift)                             SmoothQuant migration (s from calibration)
+    r   = max(|X'|, axis=-1) / 127                     [..., 1]   per-row scale, at run time
+    Xq  = QuantizeLinear(X', r, block_size=K)          uint8 = int8 + 128
+    Y   = MatMulIntegerToFloat(Xq, Wq, r, w_scale)     [..., N]   Wq = int8(s * W) per column
+
+- SmoothQuant (Xiao et al., 2023): BERT's LayerNorm outputs carry a few channels that are
+  ~10x larger than the rest; one row scale is then set by them and the others get few levels.
+  Dividing each input channel by ``s = max|X_c|^a / max|W_c|^(1-a)`` (calibrated per channel,
+  fixed, so still batch-invariant) and multiplying W's row by it moves that range into the
+  weights, where per-column scales absorb it. Where X is softmax(QK)V the division is folded
+  into V's weights (free); elsewhere it is one Mul.
+- GELU outputs are never below -0.17: they are shifted to >= 0 and quantized unsigned (twice
+  the levels of symmetric); the shift times W is a constant that folds into the next bias.
+- ONNX Runtime's fused ``Attention`` carries its QKV weights inside, so it becomes one row-wise
+  int8 MatMul to packed QKV, a Split, and ``MultiHeadAttention`` (same kernel, projected inputs).
+- Weights only (nothing batch-dependent): the word embedding table becomes int8 with one scale
+  per vocabulary row, gathered and scaled at run time. It is most of a large vocabulary model's
+  file (bge-m3: 250k x 1024), so this is where int8's size saving comes from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+SCHEME = "rowwise-int8"
+# QuantizeLinear with block_size (one scale per row) needs opset 21.
+OPSET = 21
+# Reductions that took `axes` as an attribute before opset 18 and take it as an input since.
+_AXES_TO_INPUT = {"ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
+                  "ReduceProd", "ReduceSumSquare"}  # fmt: skip
+# A MatMul this narrow gains nothing from int8 and loses precision (bge-m3's sparse head is 1024 x 1).
+MIN_DIM = 16
+# SmoothQuant's migration strength; 0.5 measured best on MiniLM (0.3: min 0.988, 0.7: 0.993).
+ALPHA = 0.5
+# Ops whose output is bounded below: the MatMul after them quantizes X - bound >= 0 unsigned.
+_GELU_MIN = -0.1700  # min of x * Phi(x) is -0.16997
+_BOUNDED_BELOW = {"BiasGelu": _GELU_MIN, "Gelu": _GELU_MIN, "FastGelu": _GELU_MIN, "Relu": 0.0}
+# Calibration keeps this many token rows per node input, for ranking nodes by their own error.
+SAMPLE_ROWS = 512
+
+
+def _per_column_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per output column: W[K, N] ~ Wq * scale[N]."""
+    amax = np.abs(w).max(axis=0)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def _smoothing(act_max: np.ndarray, w: np.ndarray, alpha: float) -> np.ndarray:
+    """SmoothQuant's per-input-channel factor: divides X's channel, multiplies W's row."""
+    w_max = np.abs(w).max(axis=1)
+    s = np.power(np.maximum(act_max, 1e-5), alpha) / np.power(np.maximum(w_max, 1e-5), 1 - alpha)
+    return np.clip(s, 1e-3, 1e3).astype(np.float32)
+
+
+@dataclass
+class _Plan:
+    """How one MatMul is quantized: the values both the graph and the error estimate use."""
+
+    wq: np.ndarray  # int8 [K, N]
+    ws: np.ndarray  # float [N]
+    inv_s: np.ndarray | None  # float [K]: SmoothQuant division, None when not applied
+    shift: np.ndarray | None  # float [K]: added after the division (unsigned quantization)
+    correction: np.ndarray | None = field(default=None)  # float [N]: shift @ W, subtracted after
+    folded_inv_s: np.ndarray | None = field(default=None)  # [K]: division folded upstream (into V)
+
+    @classmethod
+    def make(cls, w: np.ndarray, act_max: np.ndarray | None, alpha: float, lower: float | None) -> _Plan:
+        inv_s = None
+        if act_max is not None:
+            s = _smoothing(act_max, w, alpha)
+            w, inv_s = w * s[:, None], (1 / s).astype(np.float32)
+        wq, ws = _per_column_int8(w)
+        if lower is None:
+            return cls(wq, ws, inv_s, None)
+        shift = np.full(w.shape[0], -lower, np.float32) * (inv_s if inv_s is not None else 1)
+        return cls(wq, ws, inv_s, shift.astype(np.float32), (shift @ (wq.astype(np.float32) * ws)).astype(np.float32))
+
+    def simulate(self, x: np.ndarray) -> np.ndarray:
+        """What the rewritten graph computes for rows ``x`` [R, K] (numpy, for error estimates)."""
+        if self.folded_inv_s is not None:
+            x = x * self.folded_inv_s
+        if self.inv_s is not None:
+            x = x * self.inv_s
+        if self.shift is not None:
+            x = x + self.shift
+            r = np.maximum(x.max(axis=1, keepdims=True), 1e-30) / 255
+            q = np.clip(np.rint(x / r), 0, 255)
+        else:
+            r = np.maximum(np.abs(x).max(axis=1, keepdims=True), 1e-30) / 127
+            q = np.clip(np.rint(x / r), -127, 127)
+        y = (q @ self.wq.astype(np.float32)) * r * self.ws
+        return y - self.correction if self.correction is not None else y
+
+
+class _Graph:
+    """The graph being rewritten: initializers by name, consumers, fresh names."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.graph = model.graph
+        self.init = {i.name: i for i in self.graph.initializer}
+        self.consumers: dict[str, int] = {}
+        for n in self.graph.node:
+            for x in n.input:
+                self.consumers[x] = self.consumers.get(x, 0) + 1
+        self._n = 0
+
+    def weight(self, name: str) -> np.ndarray | None:
+        t = self.init.get(name)
+        if t is None or t.data_type != TensorProto.FLOAT:
+            return None
+        return numpy_helper.to_array(t).copy()
+
+    def const(self, array: np.ndarray, hint: str) -> str:
+        self._n += 1
+        name = f"{hint}_q{self._n}"
+        t = numpy_helper.from_array(array, name)
+        self.graph.initializer.append(t)
+        self.init[name] = t
+        return name
+
+    def set(self, name: str, value: np.ndarray) -> None:
+        self.init[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
+
+    def drop_unused(self, name: str) -> None:
+        self.consumers[name] -= 1
+        if self.consumers[name] == 0 and name in self.init:
+            self.graph.initializer.remove(self.init.pop(name))
+
+
+def _rowwise_matmul(g: _Graph, x: str, plan: _Plan, out: str, base: str) -> list[onnx.NodeProto]:
+    """Nodes computing ``out = x @ W`` (before ``plan.correction``) with row-wise int8 activations."""
+    k = plan.wq.shape[0]
+    t = f"{base}/rowq"
+    nodes: list[onnx.NodeProto] = []
+    if plan.inv_s is not None:
+        nodes.append(helper.make_node("Mul", [x, g.const(plan.inv_s, "smooth")], [f"{t}/xs"], name=f"{t}/Smooth"))
+        x = f"{t}/xs"
+    if plan.shift is not None:
+        nodes.append(helper.make_node("Add", [x, g.const(plan.shift, "shift")], [f"{t}/xp"], name=f"{t}/Shift"))
+        x, amax_of, levels = f"{t}/xp", f"{t}/xp", 255.0
+    else:
+        nodes.append(helper.make_node("Abs", [x], [f"{t}/abs"], name=f"{t}/Abs"))
+        amax_of, levels = f"{t}/abs", 127.0
+    axes = g.const(np.array([-1], np.int64), "axes")
+    nodes += [
+        helper.make_node("ReduceMax", [amax_of, axes], [f"{t}/amax"], name=f"{t}/ReduceMax"),
+        # an all-zero row keeps a tiny positive scale and quantizes to zeros
+        helper.make_node("Max", [f"{t}/amax", g.const(np.array(1e-30, np.float32), "tiny")], [f"{t}/amaxp"]),
+        helper.make_node("Mul", [f"{t}/amaxp", g.const(np.array(1 / levels, np.float32), "lev")], [f"{t}/r"]),
+    ]
+    q_inputs, mm_zp = [x, f"{t}/r"], []
+    if plan.shift is None:
+        # symmetric int8 carried as uint8 + 128: u8 x s8 is the fast integer GEMM on x86
+        nodes += [
+            helper.make_node("Shape", [f"{t}/r"], [f"{t}/rshape"]),
+            helper.make_node("Expand", [g.const(np.array(128, np.uint8), "zp"), f"{t}/rshape"], [f"{t}/zp"]),
+        ]
+        q_inputs.append(f"{t}/zp")
+        mm_zp = [g.const(np.array(128, np.uint8), "zp")]
+    nodes += [
+        helper.make_node("QuantizeLinear", q_inputs, [f"{t}/xq"], name=f"{t}/QuantizeLinear", axis=-1, block_size=k),
+        helper.make_node(
+            "MatMulIntegerToFloat",
+            # a_scale r [..., 1]: the kernel scales each output row by it
+            [f"{t}/xq", g.const(plan.wq, "wq"), f"{t}/r", g.const(plan.ws, "ws"), *mm_zp],
+            [out],
+            name=f"{t}/MatMulIntegerToFloat",
+            domain="com.microsoft",
+        ),
+    ]
+    return nodes
+
+
+def _attention(g: _Graph, node: onnx.NodeProto, plan: _Plan) -> list[onnx.NodeProto]:
+    """ONNX Runtime Attention -> row-wise int8 QKV projection + Split + MultiHeadAttention."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if set(attrs) - {"num_heads", "mask_filter_value", "scale"} or len(node.input) > 4 or plan.wq.shape[1] % 3:
+        return []  # past state, relative bias, unidirectional...: not an encoder's attention
+    base = node.name or node.output[0]
+    d = plan.wq.shape[1] // 3
+    bias = node.input[2] if len(node.input) > 2 else ""
+    mask = node.input[3] if len(node.input) > 3 else ""
+    return [
+        *_rowwise_matmul(g, node.input[0], plan, f"{base}/qkv", base),
+        helper.make_node(
+            "Split",
+            [f"{base}/qkv", g.const(np.array([d, d, d], np.int64), "split")],
+            [f"{base}/q", f"{base}/k", f"{base}/v"],
+            axis=-1,
+        ),
+        helper.make_node(
+            "MultiHeadAttention",
+            [f"{base}/q", f"{base}/k", f"{base}/v", bias, mask],
+            list(node.output),
+            name=f"{base}/MultiHeadAttention",
+            domain="com.microsoft",
+            **attrs,
+        ),
+    ]
+
+
+def _upgrade_opset(model: onnx.ModelProto) -> None:
+    """Raise the default-domain opset to 21, moving the reductions' `axes` attribute to an input."""
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            if imp.version >= OPSET:
+                return
+            imp.version = OPSET
+    for i, node in enumerate(model.graph.node):
+        axes = next((a for a in node.attribute if a.name == "axes"), None)
+        if node.domain in ("", "ai.onnx") and node.op_type in _AXES_TO_INPUT and axes is not None:
+            name = f"{node.name or node.op_type}_axes_{i}"
+            model.graph.initializer.append(numpy_helper.from_array(np.array(list(axes.ints), np.int64), name))
+            node.attribute.remove(axes)
+            node.input.append(name)
+
+
+def _load(path: Path) -> onnx.ModelProto:
+    return onnx.load(str(path), load_external_data=True)
+
+
+def _save(model: onnx.ModelProto, dst: Path) -> None:
+    """Save; weights go to ``<dst>.data`` when the protobuf would pass its 2 GiB limit."""
+    size = sum(len(i.raw_data) for i in model.graph.initializer)
+    big = size > 1_900_000_000
+    onnx.save_model(
+        model, str(dst), save_as_external_data=big, all_tensors_to_one_file=True, location=dst.name + ".data"
+    )
+
+
+def quantize_embeddings(src: Path, dst: Path) -> dict[str, Any]:
+    """int8 word embedding table (the Gather indexed by the graph input ``input_ids``), one scale per row.
+
+    Weights only: a gathered row is dequantized on its own, so nothing depends on the batch.
+    Run before ONNX Runtime's fusion (which then leaves the embedding sum unfused)."""
+    model = _load(src)
+    g = _Graph(model)
+    inputs = {i.name for i in model.graph.input}
+    done: list[str] = []
+    for node in list(model.graph.node):
+        w = g.weight(node.input[0]) if node.op_type == "Gather" else None
+        if w is None or w.ndim != 2 or node.input[1] != "input_ids" or node.input[1] not in inputs:
+            continue
+        q, scale = _per_column_int8(w.T)
+        base, ids = node.name or node.output[0], node.input[1]
+        at = list(model.graph.node).index(node)
+        model.graph.node.remove(node)
+        for j, n in enumerate(
+            [
+                helper.make_node("Gather", [g.const(np.ascontiguousarray(q.T), "embq"), ids], [f"{base}/q"], axis=0),
+                helper.make_node("Cast", [f"{base}/q"], [f"{base}/qf"], to=TensorProto.FLOAT),
+                helper.make_node("Gather", [g.const(scale, "embs"), ids], [f"{base}/s"], axis=0),
+                helper.make_node("Unsqueeze", [f"{base}/s", g.const(np.array([-1], np.int64), "axes")], [f"{base}/s1"]),
+                helper.make_node("Mul", [f"{base}/qf", f"{base}/s1"], list(node.output), name=base),
+            ]
+        ):
+            model.graph.node.insert(at + j, n)
+        g.drop_unused(node.input[0])
+        done.append(node.name)
+    _save(model, dst)
+    return {"int8_embeddings": done}
+
+
+def weight_nodes(path: Path) -> list[str]:
+    """Nodes the row-wise scheme turns to int8 (MatMul by a weight matrix, Attention), in order."""
+    return weight_nodes_of(onnx.load(str(path), load_external_data=False))
+
+
+def weight_nodes_of(model: onnx.ModelProto) -> list[str]:
+    shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
+
+    def wide(name: str) -> bool:
+        s = shapes.get(name, ())
+        return len(s) == 2 and min(s) >= MIN_DIM
+
+    return [
+        n.name
+        for n in model.graph.node
+        if (n.op_type == "MatMul" and wide(n.input[1]) and n.input[0] not in shapes)
+        or (n.op_type == "Attention" and n.domain == "com.microsoft" and wide(n.input[1]))
+    ]
+
+
+@dataclass
+class Calibration:
+    """Per weight-node input: per-channel max |x| and a sample of token rows (padding excluded)."""
+
+    act_max: dict[str, np.ndarray]
+    samples: dict[str, np.ndarray]
+
+
+def _real_rows(y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The token rows of activation ``y`` [batch, seq(, -1 for bge-m3's ColBERT input), K] that are not padding."""
+    if y.ndim == 3 and y.shape[:2] == mask.shape:
+        return y[mask]
+    if y.ndim == 3 and y.shape[0] == mask.shape[0] and y.shape[1] == mask.shape[1] - 1:
+        return y[mask[:, 1:]]
+    return y.reshape(-1, y.shape[-1])
+
+
+def calibrate(src: Path, feeds: list[dict[str, Any]]) -> Calibration:
+    """Run the fp32 graph over the calibration batches; memory is bounded by one batch's activations."""
+    import onnxruntime as ort
+
+    model = _load(src)
+    names = set(weight_nodes(src))
+    xs = sorted({n.input[0] for n in model.graph.node if n.name in names})
+    known = {o.name for o in model.graph.output}
+    model.graph.output.extend(helper.make_empty_tensor_value_info(x) for x in xs if x not in known)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    del model
+    act_max: dict[str, np.ndarray] = {}
+    samples: dict[str, list[np.ndarray]] = {x: [] for x in xs}
+    rng = np.random.default_rng(0)
+    per_batch = max(1, SAMPLE_ROWS // max(1, len(feeds)))
+    for f in feeds:
+        mask = f["attention_mask"].astype(bool)
+        for x, y in zip(xs, sess.run(xs, f), strict=True):
+            y = _real_rows(y, mask)
+            m = np.abs(y).max(axis=0)
+            act_max[x] = m if x not in act_max else np.maximum(act_max[x], m)
+            samples[x].append(y[rng.permutation(len(y))[:per_batch]])
+    return Calibration(act_max, {x: np.concatenate(v) for x, v in samples.items() if v})
+
+
+def _plans(g: _Graph, model: onnx.ModelProto, calib: Calibration | None, alpha: float) -> dict[str, _Plan]:
+    """A plan per weight node; first folds the attention outputs' SmoothQuant division into V
+    (mutating g's weights), so that the plans quantize the folded weights."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    nodes = [n for n in model.graph.node if n.name in set(weight_nodes_of(model))]
+    act_max = dict(calib.act_max) if calib else {}
+    folded: dict[str, np.ndarray] = {}
+    for node in nodes:
+        src, x = producer.get(node.input[0]), node.input[0]
+        if x in act_max and src is not None:
+            s = _fold_into_values(g, node, src, act_max[x], alpha)
+            if s is not None:
+                folded[node.name] = (1 / s).astype(np.float32)
+    plans: dict[str, _Plan] = {}
+    for node in nodes:
+        w = g.weight(node.input[1])
+        assert w is not None
+        src = producer.get(node.input[0])
+        lower = _BOUNDED_BELOW.get(src.op_type) if src is not None and node.op_type == "MatMul" else None
+        smooth = None if node.name in folded else act_max.get(node.input[0])
+        plans[node.name] = _Plan.make(w, smooth, alpha, lower)
+        plans[node.name].folded_inv_s = folded.get(node.name)
+    return plans
+
+
+def _fold_into_values(
+    g: _Graph, node: onnx.NodeProto, attention: onnx.NodeProto, act_max: np.ndarray, alpha: float
+) -> np.ndarray | None:
+    """The attention output projection reads softmax(QK)V, linear in V's columns: its SmoothQuant
+    division goes into V's weights and bias, exactly and at no run-time cost."""
+    if attention.op_type != "Attention" or node.op_type != "MatMul" or len(attention.input) < 3:
+        return None
+    w_qkv, bias, w = g.weight(attention.input[1]), g.weight(attention.input[2]), g.weight(node.input[1])
+    names = (attention.input[1], attention.input[2], node.input[1], node.input[0])
+    if w_qkv is None or bias is None or w is None or any(g.consumers.get(n) != 1 for n in names):
+        return None
+    d = w.shape[0]
+    if w_qkv.shape[1] != 3 * d:
+        return None
+    s = _smoothing(act_max, w, alpha)
+    w_qkv[:, 2 * d :] /= s
+    bias[2 * d :] /= s
+    g.set(attention.input[1], w_qkv)
+    g.set(attention.input[2], bias)
+    g.set(node.input[1], w * s[:, None])
+    return s
+
+
+def local_errors(src: Path, calib: Calibration, *, alpha: float = ALPHA) -> dict[str, float]:
+    """Each weight node's own relative output error under this scheme, on the calibration rows:
+    ||x W - int8(x) int8(W)|| / ||x W||. Ranks nodes for the search without re-running the model."""
+    model = _load(src)
+    g = _Graph(model)
+    plans = _plans(g, model, calib, alpha)
+    errors = {}
+    for node in model.graph.node:
+        plan, x = plans.get(node.name), calib.samples.get(node.input[0])
+        w = g.weight(node.input[1]) if plan is not None else None
+        if plan is None or x is None or w is None:
+            continue
+        y = (x * plan.folded_inv_s if plan.folded_inv_s is not None else x) @ w
+        errors[node.name] = float(np.linalg.norm(plan.simulate(x) - y) / max(float(np.linalg.norm(y)), 1e-12))
+    return errors
+
+
+def _fold_correction(g: _Graph, out: str, correction: np.ndarray) -> list[onnx.NodeProto]:
+    """Subtract ``correction`` from ``out``: inside the bias of the SkipLayerNormalization that
+    consumes it (exact and free) when there is one, else with a Sub (the MatMul then writes
+    ``<out>/uncorrected``)."""
+    users = [n for n in g.graph.node if out in n.input]
+    if len(users) == 1 and users[0].op_type == "SkipLayerNormalization" and len(users[0].input) > 4:
+        old = users[0].input[4]
+        bias = g.weight(old)
+        if bias is not None and g.consumers.get(old) == 1:
+            users[0].input[4] = g.const((bias - correction).astype(np.float32), "bias")
+            g.drop_unused(old)
+            return []
+    return [helper.make_node("Sub", [f"{out}/uncorrected", g.const(correction, "corr")], [out])]
+
+
+def quantize(
+    src: Path, dst: Path, *, exclude: list[str], calibration: Calibration | None, alpha: float = ALPHA
+) -> dict[str, Any]:
+    """Row-wise int8 of every weight MatMul and Attention in ``src`` except ``exclude`` (kept fp32).
+
+    With ``calibration`` (from ``calibrate``), SmoothQuant migration of strength ``alpha``."""
+    model = _load(src)
+    _upgrade_opset(model)
+    g = _Graph(model)
+    plans = {k: v for k, v in _plans(g, model, calibration, alpha).items() if k not in set(exclude)}
+    new_nodes: list[onnx.NodeProto] = []
+    done = []
+    for node in list(model.graph.node):
+        plan = plans.get(node.name)
+        nodes: list[onnx.NodeProto] = []
+        if plan is not None and node.op_type == "MatMul":
+            out = node.output[0]
+            tail = _fold_correction(g, out, plan.correction) if plan.correction is not None else []
+            nodes = _rowwise_matmul(g, node.input[0], plan, f"{out}/uncorrected" if tail else out, node.name) + tail
+        elif plan is not None:
+            nodes = _attention(g, node, plan)
+        if not nodes:
+            new_nodes.append(node)
+            continue
+        new_nodes.extend(nodes)
+        g.drop_unused(node.input[1])
+        done.append(node.name)
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    if not any(i.domain == "com.microsoft" for i in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    _save(model, dst)
+    return {
+        "scheme": SCHEME,
+        "activations": "int8 with one scale per token row, computed at run time (batch-invariant)",
+        "weights": "int8 symmetric per output column",
+        "smoothquant_alpha": alpha if calibration else None,
+        "int8_nodes": len(done),
+        "kept_fp32": sorted(set(weight_nodes(src)) - set(done)),
+    }
