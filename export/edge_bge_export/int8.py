@@ -162,9 +162,8 @@ def _rowwise_matmul(g: _Graph, x: str, plan: _Plan, out: str, base: str) -> list
     axes = g.const(np.array([-1], np.int64), "axes")
     nodes += [
         helper.make_node("ReduceMax", [amax_of, axes], [f"{t}/amax"], name=f"{t}/ReduceMax"),
-        # an all-zero row keeps a tiny positive scale and quantizes to zeros
-        helper.make_node("Max", [f"{t}/amax", g.const(np.array(1e-30, np.float32), "tiny")], [f"{t}/amaxp"]),
-        helper.make_node("Mul", [f"{t}/amaxp", g.const(np.array(1 / levels, np.float32), "lev")], [f"{t}/r"]),
+        # an all-zero row gets r = 0: whatever it quantizes to, the kernel multiplies its output row by 0
+        helper.make_node("Mul", [f"{t}/amax", g.const(np.array(1 / levels, np.float32), "lev")], [f"{t}/r"]),
     ]
     q_inputs, mm_zp = [x, f"{t}/r"], []
     if plan.shift is None:
@@ -333,9 +332,10 @@ def calibrate(src: Path, feeds: list[dict[str, Any]]) -> Calibration:
     samples: dict[str, list[np.ndarray]] = {x: [] for x in xs}
     rng = np.random.default_rng(0)
     per_batch = max(1, SAMPLE_ROWS // max(1, len(feeds)))
+    names = {i.name for i in sess.get_inputs()}
     for f in feeds:
-        mask = f["attention_mask"].astype(bool)
-        for x, y in zip(xs, sess.run(xs, f), strict=True):
+        mask = np.asarray(f["attention_mask"]).astype(bool)
+        for x, y in zip(xs, sess.run(xs, {k: v for k, v in f.items() if k in names}), strict=True):
             y = _real_rows(y, mask)
             m = np.abs(y).max(axis=0)
             act_max[x] = m if x not in act_max else np.maximum(act_max[x], m)

@@ -49,6 +49,48 @@ def fuse(src: Path, dst: Path, *, num_layers: int) -> dict[str, int]:
     return stats
 
 
+def split_skip_layernorm(src: Path, dst: Path) -> int:
+    """Rewrite each SkipLayerNormalization as Add (+ bias Add) + LayerNormalization; returns how many.
+
+    Same arithmetic, and on ONNX Runtime's CPU provider (1.32) the pair ran in under a third of
+    the fused kernel's time on MiniLM (272 ms against 680-910 ms over 300 corpus texts, 2 threads),
+    11-17% of the whole fp32 graph. ONNX Runtime fuses the pair back for CUDA at session start.
+    """
+    model = onnx.load(str(src), load_external_data=True)
+    new_nodes, n = [], 0
+    for node in model.graph.node:
+        outputs = list(node.output) + [""] * 4
+        if node.op_type != "SkipLayerNormalization" or outputs[1] or outputs[2]:
+            new_nodes.append(node)  # the mean / inv-std outputs are not produced by the pair
+            continue
+        n += 1
+        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-12)
+        x, skip, gamma = node.input[0], node.input[1], node.input[2]
+        beta = node.input[3] if len(node.input) > 3 else ""
+        bias = node.input[4] if len(node.input) > 4 else ""
+        base = node.name or f"SkipLayerNormalization_{n}"
+        total = outputs[3] or f"{base}/sum"
+        first = f"{base}/input_skip" if bias else total
+        new_nodes.append(onnx.helper.make_node("Add", [x, skip], [first], name=f"{base}/Add"))
+        if bias:
+            new_nodes.append(onnx.helper.make_node("Add", [first, bias], [total], name=f"{base}/AddBias"))
+        ln_inputs = [total, gamma] + ([beta] if beta else [])
+        new_nodes.append(
+            onnx.helper.make_node(
+                "LayerNormalization", ln_inputs, [outputs[0]], name=f"{base}/LayerNorm", axis=-1, epsilon=eps
+            )
+        )
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    from edge_bge.bundle import external_data_locations
+
+    big = bool(external_data_locations(src))
+    onnx.save_model(
+        model, str(dst), save_as_external_data=big, all_tensors_to_one_file=True, location=dst.name + ".data"
+    )
+    return n
+
+
 def to_fp16(src: Path, dst: Path, *, fused: bool) -> dict[str, Any]:
     """fp16 weights and matmuls; fp32 inputs/outputs; LayerNorm, Softmax and reductions safe."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST

@@ -310,7 +310,9 @@ def _export(
     stage(f"converting to {prec.value}")
     model = tmp / "final.onnx"
     gate = recipe.gate(prec, target=target)
-    if prec is Precision.FP32:
+    if prec is Precision.FP32 and target is Target.CPU_FUSED:
+        optimization["split_skip_layernorm"] = optimize.split_skip_layernorm(base, model)
+    elif prec is Precision.FP32:
         model = base
     elif prec is Precision.FP16:
         optimization["precision"] = optimize.to_fp16(base, model, fused=target is Target.CPU_FUSED)
@@ -327,7 +329,9 @@ def _export(
             calib = int8.calibrate(base, run.feeds(limit=len(run.batches)))
 
             def quantize(dst: Path, ex: list[str]) -> dict[str, Any]:
-                return int8.quantize(base, dst, exclude=ex, calibration=calib)
+                info = int8.quantize(base, dst, exclude=ex, calibration=calib)
+                optimization["split_skip_layernorm"] = optimize.split_skip_layernorm(dst, dst)
+                return info
 
             def rank() -> list[str]:
                 errors = int8.local_errors(base, calib)
