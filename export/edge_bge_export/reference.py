@@ -92,19 +92,43 @@ def m3_reference(checkpoint: Path, recipe: Recipe, texts: list[str]) -> dict[str
     from FlagEmbedding import BGEM3FlagModel
 
     model = BGEM3FlagModel(str(checkpoint), use_fp16=False, devices="cpu", normalize_embeddings=recipe.normalize)
+    # encode pads each batch to its longest text: long texts go alone, or one 8192-token probe
+    # would make its seven batch neighbours cost as much as itself
+    long = [len(t) > LONG_TEXT_CHARS for t in texts]
+    parts = {}
+    for is_long in (False, True):
+        group = [t for t, flag in zip(texts, long, strict=True) if flag is is_long]
+        if group:
+            parts[is_long] = iter(_m3_encode(model, group, recipe, batch_size=1 if is_long else 8))
+    rows = [next(parts[flag]) for flag in long]
+    return {
+        "dense": np.stack([r[0] for r in rows]).astype(np.float32),
+        "sparse": [r[1] for r in rows],
+        "colbert": [r[2] for r in rows],
+    }
+
+
+# ~1000 tokens of English: texts longer than this are encoded one at a time by the reference
+LONG_TEXT_CHARS = 4000
+
+
+def _m3_encode(model: Any, texts: list[str], recipe: Recipe, *, batch_size: int) -> list[tuple[Any, ...]]:
     out = model.encode(
         texts,
-        batch_size=8,
+        batch_size=batch_size,
         max_length=recipe.max_length,
         return_dense=True,
         return_sparse=True,
         return_colbert_vecs=True,
     )
-    return {
-        "dense": np.asarray(out["dense_vecs"], dtype=np.float32),
-        "sparse": [{int(k): float(v) for k, v in d.items()} for d in out["lexical_weights"]],
-        "colbert": [np.asarray(c, dtype=np.float32) for c in out["colbert_vecs"]],
-    }
+    return [
+        (
+            np.asarray(d, dtype=np.float32),
+            {int(k): float(v) for k, v in s.items()},
+            np.asarray(c, dtype=np.float32),
+        )
+        for d, s, c in zip(out["dense_vecs"], out["lexical_weights"], out["colbert_vecs"], strict=True)
+    ]
 
 
 def reranker_reference(checkpoint: Path, recipe: Recipe, pairs: list[tuple[str, str]]) -> np.ndarray:

@@ -11,7 +11,7 @@ import pytest
 
 from edge_bge import Embedder
 from edge_bge.manifest import Manifest
-from edge_bge_export import pipeline
+from edge_bge_export import int8, pipeline
 from edge_bge_export.errors import ExportError, ParityError
 from edge_bge_export.recipes import Recipe, list_recipes, load_recipe
 
@@ -70,7 +70,9 @@ def test_minilm_int8_gate_recorded(minilm_int8, minilm_fp32):
     assert m.parity["summary"]["cosine_min"] >= 0.995
     assert m.parity["summary"]["cosine_mean"] >= 0.998
     info = m.optimization["precision"]
-    assert info["scheme"] == "rowwise-int8" and info["smoothquant_alpha"] == 0.5
+    assert info["scheme"] == "rowwise-int8"
+    # SmoothQuant on every weight node, its strength chosen per node by the node's own error
+    assert len(info["smoothquant_alpha"]) == 24 and set(info["smoothquant_alpha"].values()) <= set(int8.ALPHAS)
     assert m.optimization["embeddings"]["int8_embeddings"] == ["/encoder/embeddings/word_embeddings/Gather"]
     # every weight node is int8 or named as kept in fp32, and only the search's first choices are kept
     assert info["int8_nodes"] + len(info["kept_fp32"]) == 24
@@ -86,7 +88,10 @@ def test_minilm_int8_runs_integer_kernels(minilm_int8):
 
     ops = [n.op_type for n in onnx.load(str(minilm_int8 / "model.onnx")).graph.node]
     info = Manifest.load(minilm_int8).optimization["precision"]
-    assert ops.count("MatMulIntegerToFloat") == info["int8_nodes"] >= 21
+    int8_nodes = [n for n in info["smoothquant_alpha"] if n not in info["kept_fp32"]]
+    assert len(int8_nodes) == info["int8_nodes"] >= 21
+    # Attention becomes three GEMMs (Q, K, V) and MultiHeadAttention
+    assert ops.count("MatMulIntegerToFloat") == sum(3 if n.startswith("Attention") else 1 for n in int8_nodes)
     assert "MatMulNBits" not in ops and "DynamicQuantizeMatMul" not in ops and "DynamicQuantizeLinear" not in ops
 
 
@@ -232,3 +237,28 @@ def test_external_data_bundle(tmp_path, tiny_bge_dir):
         f.write(b"\x00\x01")
     with pytest.raises(ModelFilesError, match="model.onnx.data does not match"):
         Embedder(out)
+
+
+def test_minilm_tensorrt_int8_quantizes_only_gemm_inputs(bundles):
+    import onnx
+
+    path = bundles.get("all-minilm-l6-v2", "int8", "tensorrt")
+    m = Manifest.load(path)
+    assert m.parity["gate"] == {"min": 0.99, "mean": 0.995}
+    assert m.parity["summary"]["cosine_min"] >= 0.99 and m.parity["summary"]["cosine_mean"] >= 0.995
+    assert m.optimization["precision"]["scheme"] == "static-qdq-int8"
+    graph = onnx.load(str(path / "model.onnx")).graph
+    consumers: dict[str, list[str]] = {}
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    for n in graph.node:
+        for x in n.input:
+            consumers.setdefault(x, []).append(n.op_type)
+    dq = [n for n in graph.node if n.op_type == "DequantizeLinear"]
+    q = [n for n in graph.node if n.op_type == "QuantizeLinear"]
+    # Q/DQ only in front of GEMMs (TensorRT's int8 GEMM pattern), never on a GEMM's output
+    assert dq and all(set(consumers[n.output[0]]) <= {"MatMul", "Gemm"} for n in dq)
+    assert q and all(producer.get(n.input[0]) not in ("MatMul", "Gemm") for n in q)
+    gemms = [
+        n for n in graph.node if n.op_type in ("MatMul", "Gemm") and producer.get(n.input[1]) == "DequantizeLinear"
+    ]
+    assert len(gemms) == 36 - len(m.optimization["precision"]["kept_fp32"])

@@ -86,7 +86,7 @@ def test_smoothquant_and_gelu_shift_keep_the_function(tmp_path, w):
     calib = _calibration(src, x, R=r)
     plain = int8.quantize(src, tmp_path / "q0.onnx", exclude=[], calibration=None)
     smooth = int8.quantize(src, tmp_path / "q1.onnx", exclude=[], calibration=calib)
-    assert plain["smoothquant_alpha"] is None and smooth["smoothquant_alpha"] == int8.ALPHA
+    assert plain["smoothquant_alpha"] is None and smooth["smoothquant_alpha"]["mm"] in int8.ALPHAS
     # the GELU shift's correction went into the SkipLayerNormalization bias: no extra node
     ops = [n.op_type for n in onnx.load(str(tmp_path / "q1.onnx")).graph.node]
     assert "Sub" not in ops and ops.count("SkipLayerNormalization") == 1
