@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from .embedder import Embedder
+import os
+
+# ONNX Runtime's telemetry is on by default: it resolves a Microsoft host and writes events under
+# ~/.cache/Microsoft. The switch is read once, when onnxruntime is first imported, so it is set
+# here, before any of our modules import it. A user's own ORT_DISABLE_TELEMETRY value wins.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+from .embedder import Embedder  # noqa: E402
 from .errors import EdgeBGEError, InferenceError, InputError, ManifestError, ModelFilesError, ProviderError
 from .m3 import M3Output
 from .manifest import Manifest

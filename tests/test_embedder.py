@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -116,3 +117,19 @@ def test_runtime_imports_no_torch(minilm_fp32):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "LOADED:"
+
+
+def _telemetry_written(tiny_fp32, home, **env) -> bool:
+    """Embed in a fresh process with HOME at ``home``; did ONNX Runtime write its telemetry store?"""
+    code = f"import edge_bge; edge_bge.Embedder({str(tiny_fp32)!r}).embed(['hello world'])"
+    clean = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    subprocess.run([sys.executable, "-c", code], env={**clean, "HOME": str(home), **env}, check=True, timeout=120)
+    return (home / ".cache" / "Microsoft").exists()
+
+
+def test_no_onnxruntime_telemetry(tiny_fp32, tmp_path):
+    (tmp_path / "a").mkdir()
+    assert not _telemetry_written(tiny_fp32, tmp_path / "a")
+    # the probe can see telemetry: a user who turns it back on gets it
+    (tmp_path / "b").mkdir()
+    assert _telemetry_written(tiny_fp32, tmp_path / "b", ORT_DISABLE_TELEMETRY="0")
