@@ -38,6 +38,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .optimize import cpu_session, int8_per_column, save_model
+
 SCHEME = "rowwise-int8"
 # QuantizeLinear with block_size (one scale per row) needs opset 21.
 OPSET = 21
@@ -53,14 +55,6 @@ _GELU_MIN = -0.1700  # min of x * Phi(x) is -0.16997
 _BOUNDED_BELOW = {"BiasGelu": _GELU_MIN, "Gelu": _GELU_MIN, "FastGelu": _GELU_MIN, "Relu": 0.0}
 # Calibration keeps this many token rows per node input, for ranking nodes by their own error.
 SAMPLE_ROWS = 512
-
-
-def _per_column_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per output column: W[K, N] ~ Wq * scale[N]."""
-    amax = np.abs(w).max(axis=0)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
-    return q, scale
 
 
 def _smoothing(act_max: np.ndarray, w: np.ndarray, alpha: float) -> np.ndarray:
@@ -88,7 +82,7 @@ class _Plan:
         if act_max is not None:
             s = _smoothing(act_max, w, alpha)
             w, inv_s = w * s[:, None], (1 / s).astype(np.float32)
-        wq, ws = _per_column_int8(w)
+        wq, ws = int8_per_column(w)
         if lower is None:
             return cls(wq, ws, inv_s, None)
         shift = np.full(w.shape[0], -lower, np.float32) * (inv_s if inv_s is not None else 1)
@@ -251,15 +245,6 @@ def _load(path: Path) -> onnx.ModelProto:
     return onnx.load(str(path), load_external_data=True)
 
 
-def _save(model: onnx.ModelProto, dst: Path) -> None:
-    """Save; weights go to ``<dst>.data`` when the protobuf would pass its 2 GiB limit."""
-    size = sum(len(i.raw_data) for i in model.graph.initializer)
-    big = size > 1_900_000_000
-    onnx.save_model(
-        model, str(dst), save_as_external_data=big, all_tensors_to_one_file=True, location=dst.name + ".data"
-    )
-
-
 def quantize_embeddings(src: Path, dst: Path) -> dict[str, Any]:
     """int8 word embedding table (the Gather indexed by the graph input ``input_ids``), one scale per row.
 
@@ -273,7 +258,7 @@ def quantize_embeddings(src: Path, dst: Path) -> dict[str, Any]:
         w = g.weight(node.input[0]) if node.op_type == "Gather" else None
         if w is None or w.ndim != 2 or node.input[1] != "input_ids" or node.input[1] not in inputs:
             continue
-        q, scale = _per_column_int8(w.T)
+        q, scale = int8_per_column(w.T)
         base, ids = node.name or node.output[0], node.input[1]
         at = list(model.graph.node).index(node)
         model.graph.node.remove(node)
@@ -289,7 +274,7 @@ def quantize_embeddings(src: Path, dst: Path) -> dict[str, Any]:
             model.graph.node.insert(at + j, n)
         g.drop_unused(node.input[0])
         done.append(node.name)
-    _save(model, dst)
+    save_model(model, dst)
     return {"int8_embeddings": done}
 
 
@@ -341,7 +326,7 @@ def calibrate(src: Path, feeds: list[dict[str, Any]]) -> Calibration:
     model.graph.output.extend(helper.make_empty_tensor_value_info(x) for x in xs if x not in known)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = cpu_session(model, so)
     del model
     act_max: dict[str, np.ndarray] = {}
     samples: dict[str, list[np.ndarray]] = {x: [] for x in xs}
@@ -502,7 +487,7 @@ def quantize(
     model.graph.node.extend(new_nodes)
     if not any(i.domain == "com.microsoft" for i in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    _save(model, dst)
+    save_model(model, dst)
     return {
         "scheme": SCHEME,
         "activations": "int8 with one scale per token row, computed at run time (batch-invariant)",

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from .errors import ExportError
@@ -49,6 +50,39 @@ def fuse(src: Path, dst: Path, *, num_layers: int) -> dict[str, int]:
     return stats
 
 
+# A protobuf cannot pass 2 GiB: larger graphs keep their weights in one external file.
+EXTERNAL_DATA_BYTES = 1_900_000_000
+
+
+def save_model(model: onnx.ModelProto, dst: Path) -> None:
+    """Save a rewritten graph; its weights go to ``<dst>.data`` when it would pass 2 GiB."""
+    big = sum(len(i.raw_data) for i in model.graph.initializer) > EXTERNAL_DATA_BYTES
+    onnx.save_model(
+        model, str(dst), save_as_external_data=big, all_tensors_to_one_file=True, location=dst.name + ".data"
+    )
+
+
+def cpu_session(model: onnx.ModelProto, options: Any = None) -> Any:
+    """An ONNX Runtime CPU session on an in-memory graph of any size (past 2 GiB via a temporary file)."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    if sum(len(i.raw_data) for i in model.graph.initializer) <= EXTERNAL_DATA_BYTES:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        save_model(model, path)
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def int8_per_column(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per output column: W[K, N] ~ q * scale[N]."""
+    amax = np.abs(w).max(axis=0)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    return np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale
+
+
 def split_skip_layernorm(src: Path, dst: Path) -> int:
     """Rewrite each SkipLayerNormalization as Add (+ bias Add) + LayerNormalization; returns how many.
 
@@ -82,12 +116,7 @@ def split_skip_layernorm(src: Path, dst: Path) -> int:
         )
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
-    from edge_bge.bundle import external_data_locations
-
-    big = bool(external_data_locations(src))
-    onnx.save_model(
-        model, str(dst), save_as_external_data=big, all_tensors_to_one_file=True, location=dst.name + ".data"
-    )
+    save_model(model, dst)
     return n
 
 

@@ -75,8 +75,7 @@ class _Runner:
     """Runs candidate graphs on fixed token batches (the runtime's own batching)."""
 
     def __init__(self, tokenizer: TextTokenizer, encodings: list[Any], inputs: tuple[str, ...], output: str) -> None:
-        # the runtime's own CPU batches: dynamic int8 scales activations per batch, so the search
-        # must see the batches the verification (and users) will run
+        # the runtime's own CPU batches, as the verification (and users) will run them
         self.batches = list(
             batching.batches(
                 encodings, inputs=inputs, pad_id=tokenizer.pad_id, max_batch_tokens=DEFAULT_MAX_BATCH_TOKENS
@@ -84,8 +83,8 @@ class _Runner:
         )
         self.n, self.output = len(encodings), output
 
-    def feeds(self, limit: int = 64) -> list[dict[str, Any]]:
-        return [b.feeds for b in self.batches[:limit]]
+    def feeds(self) -> list[dict[str, Any]]:
+        return [b.feeds for b in self.batches]
 
     def __call__(self, model: Path) -> np.ndarray:
         import onnxruntime as ort
@@ -180,8 +179,6 @@ def _fmt(d: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.5f}" for k, v in d.items())
 
 
-# A protobuf cannot pass 2 GiB: larger graphs keep their weights in one external file.
-EXTERNAL_DATA_BYTES = 1_900_000_000
 EXTERNAL_DATA_NAME = MODEL_NAME + ".data"
 
 
@@ -198,7 +195,7 @@ def _finalize(src: Path, staging: Path, *, external_data: bool | None) -> list[s
 
     from edge_bge.bundle import external_data_locations
 
-    external = _graph_bytes(src) > EXTERNAL_DATA_BYTES if external_data is None else external_data
+    external = _graph_bytes(src) > optimize.EXTERNAL_DATA_BYTES if external_data is None else external_data
     if not external and not external_data_locations(src):
         shutil.copyfile(src, staging / MODEL_NAME)
         return [MODEL_NAME]
@@ -314,9 +311,7 @@ def _export(
     stage(f"converting to {prec.value}")
     model = tmp / "final.onnx"
     gate = recipe.gate(prec, target=target)
-    if prec is Precision.FP32 and target is Target.CPU_FUSED:
-        optimization["split_skip_layernorm"] = optimize.split_skip_layernorm(base, model)
-    elif prec is Precision.FP32:
+    if prec is Precision.FP32:
         model = base
     elif prec is Precision.FP16:
         optimization["precision"] = optimize.to_fp16(base, model, fused=target is Target.CPU_FUSED)
@@ -333,18 +328,16 @@ def _export(
         similarity = _pearson if is_reranker else cosines
         if target is Target.CPU_FUSED:
             stage.report("  calibrating: per-channel activation ranges for SmoothQuant")
-            calib = int8.calibrate(base, run.feeds(limit=len(run.batches)))
+            calib = int8.calibrate(base, run.feeds())
 
             def quantize(dst: Path, ex: list[str]) -> dict[str, Any]:
-                info = int8.quantize(base, dst, exclude=ex, calibration=calib)
-                optimization["split_skip_layernorm"] = optimize.split_skip_layernorm(dst, dst)
-                return info
+                return int8.quantize(base, dst, exclude=ex, calibration=calib)
 
             def rank() -> list[str]:
                 errors = int8.local_errors(base, calib)
                 return sorted(errors, key=errors.__getitem__, reverse=True)
         else:
-            feeds = run.feeds(limit=len(run.batches))
+            feeds = run.feeds()
 
             def quantize(dst: Path, ex: list[str]) -> dict[str, Any]:
                 return qdq.quantize_qdq(plain, dst, exclude=ex, calibration=feeds)
@@ -355,6 +348,11 @@ def _export(
         optimization["precision"] = _int8_search(
             quantize, rank, model, run=run, want=comparable, gate=gate, stage=stage.report, similarity=similarity
         )
+
+    if target is Target.CPU_FUSED and prec is not Precision.FP16:  # fp16 keeps the fused kernel
+        split = tmp / "split.onnx"
+        optimization["split_skip_layernorm"] = optimize.split_skip_layernorm(model, split)
+        model = split
 
     files = _finalize(model, staging, external_data=external_data)
     stage("verifying the bundle with the edge_bge runtime")

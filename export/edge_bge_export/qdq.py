@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +63,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .optimize import cpu_session, int8_per_column, save_model
+
 SCHEME = "static-qdq-int8"
 # A GEMM this small gains nothing from int8 (a reranker's 384 x 1 classifier stays fp32).
 MIN_DIM = 16
@@ -71,8 +72,6 @@ MIN_DIM = 16
 ALPHA = 0.8
 BMM_PERCENTILE = 99.99
 HIST_BINS = 4096
-# A protobuf cannot pass 2 GiB: larger graphs keep their weights in an external file.
-EXTERNAL_DATA_BYTES = 1_900_000_000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,12 +223,7 @@ def _session(model: onnx.ModelProto) -> Any:
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    if model.ByteSize() < EXTERNAL_DATA_BYTES:
-        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    with tempfile.TemporaryDirectory() as tmp:  # past 2 GiB the weights must live in a file
-        path = Path(tmp) / "calibration.onnx"
-        _save(model, path)
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return cpu_session(model, so)
 
 
 def _layouts(sess: Any, names: list[str], sample: dict[str, np.ndarray]) -> dict[str, tuple[str, ...]]:
@@ -310,13 +304,6 @@ def _smoothing(x_amax: np.ndarray, w: np.ndarray, alpha: float | None) -> np.nda
     return (s / np.exp(np.mean(np.log(s)))).astype(np.float32)  # the overall scale is free: keep it near 1
 
 
-def _int8_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per output column: W[K, N] ~ q * scale[N]."""
-    amax = np.abs(w).max(axis=0)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    return np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale
-
-
 @dataclass
 class _Plan:
     """How one GEMM input is quantized."""
@@ -355,7 +342,7 @@ def _plan(
         s = _smoothing(amax, np.concatenate(ws, axis=1), alpha)
         plans[x] = _Plan(m0, None if alpha is None else s, max(float((amax / s).max()), 1e-8) / 127.0)
         for u, w in zip(users, ws, strict=True):
-            weights[u.name] = _int8_columns(w * s[:, None])
+            weights[u.name] = int8_per_column(w * s[:, None])
             if m0 is not None:
                 restore[u.name] = (m0.astype(np.float64) @ w).astype(np.float32)
     return _Calibrated(plans, weights, restore, hists, time.perf_counter() - start)
@@ -572,7 +559,7 @@ def quantize_qdq(
                 amax = 1.0 if x in softmax else cal.hists[x].percentile(BMM_PERCENTILE)
                 n.input[i] = rw.qdq(x, max(amax, 1e-8) / 127.0)
     rw.finish()
-    _save(model, dst)
+    save_model(model, dst)
     plans = [cal.plans[x] for x in inputs]
     return {
         "scheme": SCHEME,
@@ -591,12 +578,3 @@ def quantize_qdq(
             "total": round(time.perf_counter() - start, 1),
         },
     }
-
-
-def _save(model: onnx.ModelProto, dst: Path) -> None:
-    if model.ByteSize() >= EXTERNAL_DATA_BYTES:
-        onnx.save_model(
-            model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location=dst.name + ".data"
-        )
-    else:
-        onnx.save_model(model, str(dst))
