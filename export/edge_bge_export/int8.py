@@ -364,7 +364,8 @@ def _plans(g: _Graph, model: onnx.ModelProto, calib: Calibration | None, alpha: 
     the calibration rows. The attention outputs' SmoothQuant division is folded into V first
     (mutating g's weights), so that the plans quantize the folded weights."""
     producer = {o: n for n in model.graph.node for o in n.output}
-    nodes = [n for n in model.graph.node if n.name in set(weight_nodes_of(model))]
+    wide = set(weight_nodes_of(model))
+    nodes = [n for n in model.graph.node if n.name in wide]
     act_max = dict(calib.act_max) if calib else {}
     samples = calib.samples if calib else {}
 
@@ -465,7 +466,8 @@ def quantize(
     _upgrade_opset(model)
     g = _Graph(model)
     all_plans = _plans(g, model, calibration, alpha)
-    plans = {k: v for k, v in all_plans.items() if k not in set(exclude)}
+    excluded = set(exclude)
+    plans = {k: v for k, v in all_plans.items() if k not in excluded}
     new_nodes: list[onnx.NodeProto] = []
     done = []
     for node in list(model.graph.node):
