@@ -2,6 +2,9 @@
 
 External-data locations are read straight from the ONNX protobuf (no ``onnx`` import at
 runtime) so that a bundle cannot make ONNX Runtime read a file outside its own directory.
+Every place onnx.proto3 lets a TensorProto sit is walked: the main graph, subgraphs of
+If/Loop/Scan at any depth, model-local functions and their attribute defaults, and
+training graphs.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import mmap
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelFilesError
@@ -16,20 +20,32 @@ from .manifest import MODEL_NAME, TOKENIZER_NAME, Manifest
 
 __all__ = ["Bundle", "external_data_locations"]
 
-# ONNX protobuf field numbers (onnx/onnx.proto3)
-_MODEL_GRAPH = 7
-_GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_SPARSE_INIT = 1, 5, 15
-_NODE_ATTRIBUTE = 5
-_ATTR_T, _ATTR_G, _ATTR_TENSORS, _ATTR_GRAPHS, _ATTR_SPARSE, _ATTR_SPARSES = 5, 6, 10, 11, 22, 23
-_SPARSE_VALUES, _SPARSE_INDICES = 1, 2
-_TENSOR_EXTERNAL_DATA = 13
+# Which field of which ONNX message holds which message (field numbers of onnx/onnx.proto3), enough
+# to reach every TensorProto a model can carry. Fields not listed (types, value infos, names,
+# metadata) hold no tensors.
+_HOLDS: dict[str, dict[int, str]] = {
+    "model": {7: "graph", 20: "training_info", 25: "function"},
+    "training_info": {1: "graph", 2: "graph"},  # initialization, algorithm
+    "graph": {1: "node", 5: "tensor", 15: "sparse_tensor"},  # node, initializer, sparse_initializer
+    "function": {7: "node", 11: "attribute"},  # node, attribute_proto (attribute defaults)
+    "node": {5: "attribute"},
+    # t, g, tensors, graphs, sparse_tensor, sparse_tensors
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse_tensor", 23: "sparse_tensor"},
+    "sparse_tensor": {1: "tensor", 2: "tensor"},  # values, indices
+    "tensor": {13: "entry"},  # external_data: StringStringEntryProto
+}
+_NODE_OP_TYPE = 4
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
+# ONNX Runtime reads this location as "the offset is a memory address in this process"
+_ORT_MEMORY_ADDRESS = "_ORT_MEM_ADDR_"
+# A node that makes an execution provider load a pre-compiled engine, possibly from a file path
+_EP_CONTEXT = "EPContext"
 
 
 def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
     result = shift = 0
     while True:
-        if pos >= len(buf):
+        if pos >= len(buf) or shift > 63:
             raise ModelFilesError("model.onnx is truncated or not an ONNX file")
         b = buf[pos]
         pos += 1
@@ -64,64 +80,51 @@ def _fields(buf: memoryview) -> Iterator[tuple[int, memoryview | None]]:
             raise ModelFilesError(f"model.onnx is not an ONNX file (wire type {wire})")
 
 
-def _tensor_locations(tensor: memoryview) -> Iterator[str]:
-    for number, payload in _fields(tensor):
-        if number == _TENSOR_EXTERNAL_DATA and payload is not None:
-            entry = {n: bytes(p).decode("utf-8", "replace") for n, p in _fields(payload) if p is not None}
+@dataclass
+class _Scan:
+    locations: set[str]  # every external-data location named anywhere in the model
+    op_types: set[str]  # every node's op_type, in every graph and function
+
+
+def _scan(view: memoryview) -> _Scan:
+    """Walk every message that can hold a tensor, iteratively (nesting depth cannot exhaust the stack)."""
+    scan = _Scan(set(), set())
+    stack: list[tuple[str, memoryview]] = [("model", view)]
+    while stack:
+        kind, buf = stack.pop()
+        if kind == "entry":
+            entry = {n: bytes(p).decode("utf-8", "replace") for n, p in _fields(buf) if p is not None}
             if entry.get(_ENTRY_KEY) == "location":
-                yield entry.get(_ENTRY_VALUE, "")
-
-
-def _sparse_locations(sparse: memoryview) -> Iterator[str]:
-    for number, payload in _fields(sparse):
-        if number in (_SPARSE_VALUES, _SPARSE_INDICES) and payload is not None:
-            yield from _tensor_locations(payload)
-
-
-def _graph_locations(graph: memoryview) -> Iterator[str]:
-    for number, payload in _fields(graph):
-        if payload is None:
+                scan.locations.add(entry.get(_ENTRY_VALUE, ""))
             continue
-        if number == _GRAPH_INITIALIZER:
-            yield from _tensor_locations(payload)
-        elif number == _GRAPH_SPARSE_INIT:
-            yield from _sparse_locations(payload)
-        elif number == _GRAPH_NODE:
-            for n, attr in _fields(payload):
-                if n != _NODE_ATTRIBUTE or attr is None:
-                    continue
-                for a, value in _fields(attr):
-                    if value is None:
-                        continue
-                    if a in (_ATTR_T, _ATTR_TENSORS):
-                        yield from _tensor_locations(value)
-                    elif a in (_ATTR_G, _ATTR_GRAPHS):
-                        yield from _graph_locations(value)
-                    elif a in (_ATTR_SPARSE, _ATTR_SPARSES):
-                        yield from _sparse_locations(value)
+        holds = _HOLDS[kind]
+        for number, payload in _fields(buf):
+            if payload is None:
+                continue
+            if kind == "node" and number == _NODE_OP_TYPE:
+                scan.op_types.add(bytes(payload).decode("utf-8", "replace"))
+            elif number in holds:
+                stack.append((holds[number], payload))
+    return scan
 
 
-def _model_locations(view: memoryview) -> set[str]:
-    found: set[str] = set()
-    for number, payload in _fields(view):
-        if number == _MODEL_GRAPH and payload is not None:
-            found.update(_graph_locations(payload))
-    return found
-
-
-def external_data_locations(model_path: str | os.PathLike[str]) -> set[str]:
-    """Every external-data ``location`` an ONNX model file names."""
+def _scan_file(model_path: str | os.PathLike[str]) -> _Scan:
     with open(model_path, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
             raise ModelFilesError(f"{model_path} is empty")
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     try:
-        return _model_locations(memoryview(mm))
+        return _scan(memoryview(mm))
     finally:
         try:
             mm.close()
         except BufferError:  # a slice outlived the parse (e.g. in an exception's traceback); GC closes it
             pass
+
+
+def external_data_locations(model_path: str | os.PathLike[str]) -> set[str]:
+    """Every external-data ``location`` an ONNX model file names, in any graph or function."""
+    return _scan_file(model_path).locations
 
 
 class Bundle:
@@ -134,8 +137,18 @@ class Bundle:
             self.manifest.verify_files(self.path)
         self.model_path = self.path / MODEL_NAME
         self.tokenizer_path = self.path / TOKENIZER_NAME
+        scan = _scan_file(self.model_path)
+        if _EP_CONTEXT in scan.op_types:
+            raise ModelFilesError(
+                "model.onnx holds an EPContext node (a pre-compiled engine, possibly read from a file path); "
+                "bundles carry plain graphs: refused"
+            )
         root = self.path.resolve()
-        for location in external_data_locations(self.model_path):
+        for location in sorted(scan.locations):
+            if _ORT_MEMORY_ADDRESS in location:
+                raise ModelFilesError(
+                    f"model.onnx names external data {location!r}, ONNX Runtime's in-memory marker; refused"
+                )
             target = (root / location).resolve()
             if os.path.isabs(location) or not target.is_relative_to(root):
                 raise ModelFilesError(

@@ -1,7 +1,8 @@
 """The errors edge-bge raises.
 
     EdgeBGEError
-    ├── ManifestError      edge_bge.json missing, unreadable, or holding values we do not know
+    ├── ManifestError      edge_bge.json missing, malformed, holding values we do not know, or
+    │                      disagreeing with the graph (input/output names, types, dim)
     ├── ModelFilesError    a bundle file missing, altered (sha256), or pointing outside the bundle
     ├── ProviderError      an execution provider asked for but not loaded by ONNX Runtime
     ├── InputError         bad user input (also a ValueError): wrong types, untokenizable text
@@ -27,7 +28,8 @@ class EdgeBGEError(Exception):
 
 
 class ManifestError(EdgeBGEError):
-    """The bundle's manifest is missing, malformed, or names values this runtime does not know."""
+    """The bundle's manifest is missing, malformed, names values this runtime does not know, or
+    disagrees with the graph it describes."""
 
 
 class ModelFilesError(EdgeBGEError):

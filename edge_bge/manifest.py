@@ -10,6 +10,7 @@ import enum
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,12 +64,66 @@ OUTPUTS: dict[Kind, tuple[str, ...]] = {
 }
 
 
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what the runtime can feed, all int64
+_REQUIRED_INPUTS = ("input_ids", "attention_mask")  # fed to every graph (batching.pad)
+# The rank of each output, and whether its last axis is the manifest's dim (design: the bundle contract)
+_OUTPUT_SHAPES: dict[str, tuple[int, bool]] = {
+    "embedding": (2, True),  # [batch, dim]
+    "dense": (2, True),  # [batch, dim]
+    "sparse": (2, False),  # [batch, seq]
+    "colbert": (3, True),  # [batch, seq-1, dim]
+    "logits": (1, False),  # [batch]
+}
+_FLOAT_TYPES = ("tensor(float)", "tensor(float16)")  # both land in the runtime's float32 arrays
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _bad(name: str, expected: str, value: Any) -> ManifestError:
+    return ManifestError(f"manifest field {name!r} must be {expected}, got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _enum(cls: type[enum.Enum], value: Any, name: str) -> Any:
     try:
+        if not isinstance(value, str):
+            raise ValueError(value)
         return cls(value)
     except ValueError:
         valid = ", ".join(repr(m.value) for m in cls)  # type: ignore[attr-defined]
         raise ManifestError(f"manifest field {name!r} is {value!r}; valid values: {valid}") from None
+
+
+def _text(data: dict[str, Any], name: str, *, empty: bool = False) -> str:
+    value = data[name]
+    if not isinstance(value, str) or (not empty and not value):
+        raise _bad(name, "a string" if empty else "a non-empty string", value)
+    return value
+
+
+def _positive(data: dict[str, Any], name: str) -> int:
+    value = data[name]
+    if not _is_int(value) or value < 1:
+        raise _bad(name, "a positive integer", value)
+    return value
+
+
+def _names(data: dict[str, Any], name: str) -> tuple[str, ...]:
+    value = data[name]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or len(set(value)) != len(value):
+        raise _bad(name, "a list of distinct strings", value)
+    return tuple(value)
+
+
+def _object(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _bad(name, "a JSON object or null", value)
+    return dict(value)
 
 
 def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
@@ -110,10 +165,11 @@ class Manifest:
     # ---- (de)serialisation -------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: Any) -> Manifest:
+        """A manifest from parsed JSON; ManifestError naming the field for any value of the wrong type."""
         if not isinstance(data, dict):
             raise ManifestError("manifest must be a JSON object")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if not _is_int(version) or version != FORMAT_VERSION:
             raise ManifestError(f"manifest format_version is {version!r}; this runtime reads: {FORMAT_VERSION}")
         required = (
             "name kind architecture precision target dim max_length pooling normalize "
@@ -127,45 +183,67 @@ class Manifest:
         if pooling is None and kind is not Kind.RERANKER:
             valid = ", ".join(repr(p.value) for p in Pooling)
             raise ManifestError(f"manifest field 'pooling' must be stated for kind {kind.value!r}: {valid}")
-        for key in ("dim", "max_length"):
-            if not isinstance(data[key], int) or isinstance(data[key], bool) or data[key] < 1:
-                raise ManifestError(f"manifest field {key!r} must be a positive integer, got {data[key]!r}")
         if not isinstance(data["normalize"], bool):
-            raise ManifestError(f"manifest field 'normalize' must be true or false, got {data['normalize']!r}")
-        inputs = tuple(data["inputs"])
-        outputs = tuple(data["outputs"])
+            raise _bad("normalize", "true or false", data["normalize"])
+        if data["query_instruction"] is not None and not isinstance(data["query_instruction"], str):
+            raise _bad("query_instruction", "a string or null", data["query_instruction"])
+        inputs = _names(data, "inputs")
         for name in inputs:
-            if name not in ("input_ids", "attention_mask", "token_type_ids"):
+            if name not in _INPUTS:
                 raise ManifestError(
-                    f"manifest input {name!r} unknown; valid: 'input_ids', 'attention_mask', 'token_type_ids'"
+                    f"manifest field 'inputs' names {name!r}; valid: {', '.join(repr(i) for i in _INPUTS)}"
                 )
+        absent = [name for name in _REQUIRED_INPUTS if name not in inputs]
+        if absent:
+            raise ManifestError(f"manifest field 'inputs' is {list(inputs)}; it must list {', '.join(absent)}")
+        outputs = _names(data, "outputs")
         if outputs != OUTPUTS[kind]:
             raise ManifestError(
-                f"manifest outputs {list(outputs)} do not match kind {kind.value!r}: {list(OUTPUTS[kind])}"
+                f"manifest field 'outputs' is {list(outputs)}; kind {kind.value!r} has: {list(OUTPUTS[kind])}"
             )
         files = data["files"]
-        if not isinstance(files, dict) or MODEL_NAME not in files or TOKENIZER_NAME not in files:
-            raise ManifestError(f"manifest 'files' must list {MODEL_NAME} and {TOKENIZER_NAME} with their sha256")
+        if (
+            not isinstance(files, dict)
+            or MODEL_NAME not in files
+            or TOKENIZER_NAME not in files
+            or not all(isinstance(v, str) and _SHA256.fullmatch(v) for v in files.values())
+        ):
+            raise _bad(
+                "files",
+                f"an object listing {MODEL_NAME}, {TOKENIZER_NAME} and any other file with its sha256 (64 hex digits)",
+                files,
+            )
+        exported_with = _object(data, "exported_with")
+        if not all(isinstance(v, str) for v in exported_with.values()):
+            raise _bad("exported_with", "an object of tool name -> version string", exported_with)
+        special = data.get("special_token_ids")
+        if special is None:
+            special = []
+        if not isinstance(special, list) or not all(_is_int(i) and i >= 0 for i in special):
+            raise _bad("special_token_ids", "a list of token ids (non-negative integers)", special)
+        query_max_length = data.get("query_max_length")
+        if query_max_length is not None and (not _is_int(query_max_length) or query_max_length < 1):
+            raise _bad("query_max_length", "a positive integer or null", query_max_length)
         return cls(
-            name=str(data["name"]),
+            name=_text(data, "name"),
             kind=kind,
-            architecture=str(data["architecture"]),
+            architecture=_text(data, "architecture"),
             precision=_enum(Precision, data["precision"], "precision"),
             target=_enum(Target, data["target"], "target"),
-            dim=data["dim"],
-            max_length=data["max_length"],
+            dim=_positive(data, "dim"),
+            max_length=_positive(data, "max_length"),
             pooling=pooling,
             normalize=data["normalize"],
-            query_instruction=str(data["query_instruction"] or ""),
+            query_instruction=data["query_instruction"] or "",
             inputs=inputs,
             outputs=outputs,
-            files={str(k): str(v) for k, v in files.items()},
-            parity=dict(data.get("parity") or {}),
-            source=dict(data.get("source") or {}),
-            exported_with=dict(data.get("exported_with") or {}),
-            optimization=dict(data.get("optimization") or {}),
-            special_token_ids=tuple(int(i) for i in data.get("special_token_ids") or ()),
-            query_max_length=int(data["query_max_length"]) if data.get("query_max_length") else None,
+            files=dict(files),
+            parity=_object(data, "parity"),
+            source=_object(data, "source"),
+            exported_with=exported_with,
+            optimization=_object(data, "optimization"),
+            special_token_ids=tuple(special),
+            query_max_length=query_max_length,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -212,4 +290,47 @@ class Manifest:
                 raise ModelFilesError(
                     f"{name} does not match the manifest (sha256 {actual[:12]}..., expected {digest[:12]}...): "
                     "the bundle was altered or copied incompletely"
+                )
+
+    def check_session(self, session: Any) -> None:
+        """Check this manifest against the graph ONNX Runtime loaded (an ``InferenceSession``): input
+        names and types, each output's name, type, rank, and static size of the ``dim`` axis."""
+        graph_inputs = {i.name: i for i in session.get_inputs()}
+        if set(graph_inputs) != set(self.inputs):
+            raise ManifestError(
+                f"manifest field 'inputs' is {list(self.inputs)}; the graph's inputs are {list(graph_inputs)}"
+            )
+        for i in graph_inputs.values():
+            if i.type != "tensor(int64)":
+                raise ManifestError(
+                    f"manifest field 'inputs': graph input {i.name!r} is {i.type}, expected tensor(int64)"
+                )
+            if i.shape and len(i.shape) != 2:  # an empty shape: unknown rank
+                raise ManifestError(
+                    f"manifest field 'inputs': graph input {i.name!r} has shape {i.shape}, expected [batch, sequence]"
+                )
+        graph_outputs = {o.name: o for o in session.get_outputs()}
+        missing = [name for name in self.outputs if name not in graph_outputs]
+        if missing:
+            raise ManifestError(
+                f"manifest field 'outputs' is {list(self.outputs)}; the graph's outputs are {list(graph_outputs)}"
+            )
+        for name in self.outputs:
+            out = graph_outputs[name]
+            if out.type not in _FLOAT_TYPES:
+                raise ManifestError(
+                    f"manifest field 'outputs': graph output {name!r} is {out.type}, expected {' or '.join(_FLOAT_TYPES)}"
+                )
+            rank, has_dim = _OUTPUT_SHAPES[name]
+            shape = list(out.shape) if out.shape is not None else None
+            if not shape:  # unknown rank: ONNX Runtime checks at run time
+                continue
+            column = name == "logits" and len(shape) == 2 and shape[-1] == 1  # [batch, 1] reads as [batch]
+            if len(shape) != rank and not column:
+                raise ManifestError(
+                    f"manifest field 'outputs': graph output {name!r} has shape {shape}, expected rank {rank}"
+                )
+            if has_dim and _is_int(shape[-1]) and shape[-1] != self.dim:
+                raise ManifestError(
+                    f"manifest field 'dim' is {self.dim}; the graph's {name!r} output has {shape[-1]} (shape {shape})"
                 )

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnxruntime as ort
@@ -109,6 +110,13 @@ class FakeSession:
 
     def run(self, outputs, feeds):
         return [np.zeros((len(next(iter(feeds.values()))), 32), np.float32) for _ in outputs]
+
+    def get_inputs(self):  # the tiny BERT bundles' graph, as Manifest.check_session reads it
+        names = ("input_ids", "attention_mask", "token_type_ids")
+        return [SimpleNamespace(name=n, type="tensor(int64)", shape=["batch", "sequence"]) for n in names]
+
+    def get_outputs(self):
+        return [SimpleNamespace(name="embedding", type="tensor(float)", shape=["batch", 32])]
 
 
 # ---- chains ------------------------------------------------------------------------------------
