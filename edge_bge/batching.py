@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from tokenizers import Encoding
+
+from .tokenize import Encoded
 
 __all__ = ["Batch", "plan", "pad"]
 
@@ -37,7 +38,7 @@ def plan(lengths: Sequence[int], *, max_batch_tokens: int, max_batch_size: int =
     return batches
 
 
-def pad(encodings: Sequence[Encoding], index: np.ndarray, *, inputs: Sequence[str], pad_id: int) -> Batch:
+def pad(encodings: Sequence[Encoded], index: np.ndarray, *, inputs: Sequence[str], pad_id: int) -> Batch:
     """int64 [rows, longest] feeds for the named graph inputs."""
     rows = [encodings[i] for i in index]
     longest = max(len(e.ids) for e in rows)
@@ -50,7 +51,7 @@ def pad(encodings: Sequence[Encoding], index: np.ndarray, *, inputs: Sequence[st
         tokens += k
         ids[r, :k] = e.ids
         mask[r, :k] = 1
-        if types is not None:
+        if types is not None and e.type_ids is not None:
             types[r, :k] = e.type_ids
     feeds = {"input_ids": ids, "attention_mask": mask}
     if types is not None:
@@ -59,7 +60,7 @@ def pad(encodings: Sequence[Encoding], index: np.ndarray, *, inputs: Sequence[st
 
 
 def batches(
-    encodings: Sequence[Encoding], *, inputs: Sequence[str], pad_id: int, max_batch_tokens: int
+    encodings: Sequence[Encoded], *, inputs: Sequence[str], pad_id: int, max_batch_tokens: int
 ) -> Iterator[Batch]:
     for index in plan([len(e.ids) for e in encodings], max_batch_tokens=max_batch_tokens):
         yield pad(encodings, index, inputs=inputs, pad_id=pad_id)

@@ -16,7 +16,7 @@ from .bundle import Bundle
 from .errors import InferenceError, InputError
 from .m3 import M3Output, hybrid_scores, lexical_weights
 from .manifest import Kind, Manifest
-from .tokenize import TextTokenizer, check_pairs, check_texts
+from .tokenize import GROUP, Encoded, TextTokenizer, as_sequence, check_pairs, check_texts
 
 __all__ = ["Embedder", "DEFAULT_MAX_BATCH_TOKENS", "GPU_MAX_BATCH_TOKENS"]
 
@@ -70,6 +70,7 @@ class _Model:
             max_batch_tokens=max_batch_tokens,
         )
         self.session = opened.session
+        self.manifest.check_session(self.session)  # names, types and dims against the loaded graph
         # the providers the session got; .requested: the chain asked for; .options: what each was given
         self.providers: _providers.SessionProviders = opened.providers
         self._device_run = opened.run  # IO binding on CUDA / TensorRT; None on the CPU
@@ -86,7 +87,18 @@ class _Model:
         except Exception as e:  # onnxruntime raises its own, unrelated exception classes
             raise InferenceError(f"ONNX Runtime failed on a batch of {len(batch.index)} texts: {e}") from e
 
-    def _batches(self, encodings: Sequence[Any]) -> Iterator[batching.Batch]:
+    @property
+    def chunk_size(self) -> int:
+        """Texts tokenized ahead of the model: memory holds one chunk's token ids, never the whole input."""
+        return max(GROUP, min(4096, 2**20 // self.max_length))
+
+    def _chunks(self, items: Sequence[Any], tokenize: Any) -> Iterator[tuple[int, list[Encoded]]]:
+        """(offset, encodings) of consecutive chunks of ``items``."""
+        step = self.chunk_size
+        for start in range(0, len(items), step):
+            yield start, tokenize(items[start : start + step], offset=start)
+
+    def _batches(self, encodings: Sequence[Encoded]) -> Iterator[batching.Batch]:
         return batching.batches(
             encodings,
             inputs=self.manifest.inputs,
@@ -127,9 +139,25 @@ class Embedder(_Model):
     def _output(self) -> str:
         return "dense" if self.manifest.kind is Kind.M3 else "embedding"
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Tokens per text after truncation, special tokens included."""
-        return [len(e.ids) for e in self.tokenizer.encode(list(texts), truncate=self.truncate)]
+    def tokenize(self, texts: Sequence[str], *, offset: int = 0) -> list[Encoded]:
+        """Token ids per text as the model sees them (truncated unless the Embedder says otherwise).
+
+        InputError names the first bad item, numbered from ``offset``."""
+        return self.tokenizer.encode(texts, truncate=self.truncate, offset=offset)
+
+    @overload
+    def count_tokens(self, texts: str) -> int: ...
+    @overload
+    def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
+
+    def count_tokens(self, texts: str | Sequence[str]) -> int | list[int]:
+        """Tokens per text after truncation, special tokens included (one count for one str)."""
+        if isinstance(texts, str):
+            return self.count_tokens([texts])[0]
+        counts: list[int] = []
+        for _, encoded in self._chunks(as_sequence(texts), self.tokenize):
+            counts += [len(e) for e in encoded]
+        return counts
 
     @overload
     def embed(self, texts: str, *, show_progress: bool = ...) -> np.ndarray: ...
@@ -137,33 +165,45 @@ class Embedder(_Model):
     def embed(self, texts: Sequence[str], *, show_progress: bool = ...) -> np.ndarray: ...
 
     def embed(self, texts: str | Sequence[str], *, show_progress: bool = False) -> np.ndarray:
-        """float32 [n, dim] for a list of texts, [dim] for one str."""
+        """float32 [n, dim] for a list of texts, [dim] for one str.
+
+        Texts are tokenized a chunk at a time as the model goes: memory is bounded by the chunk and
+        the output, not by the input."""
         if isinstance(texts, str):
             return self.embed([texts])[0]
-        if not isinstance(texts, Sequence):
-            raise InputError(f"texts must be a str or a sequence of str, got {type(texts).__name__}")
+        texts = as_sequence(texts)
+        check_texts(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        if not texts:
-            return out
-        encodings = self.tokenizer.encode(list(texts), truncate=self.truncate)
-        bar = _progress(len(texts), show_progress)
+        bar = _progress(len(texts), show_progress and len(texts) > 0)
         try:
-            for batch in self._batches(encodings):
-                out[batch.index] = self._run(batch, [self._output])[0]
-                if bar is not None:
-                    bar.update(len(batch.index))
+            for start, encoded in self._chunks(texts, self.tokenize):
+                for index, vectors in self._dense(encoded):
+                    out[start + index] = vectors
+                    if bar is not None:
+                        bar.update(len(index))
         finally:
             if bar is not None:
                 bar.close()
         return out
+
+    def embed_encoded(self, encoded: Sequence[Encoded]) -> np.ndarray:
+        """float32 [n, dim] for inputs already tokenized by ``tokenize``."""
+        out = np.empty((len(encoded), self.dim), dtype=np.float32)
+        for index, vectors in self._dense(encoded):
+            out[index] = vectors
+        return out
+
+    def _dense(self, encoded: Sequence[Encoded]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(input positions, their vectors) per batch."""
+        for batch in self._batches(encoded):
+            yield batch.index, self._run(batch, [self._output])[0]
 
     def embed_queries(self, texts: str | Sequence[str], **kw: Any) -> np.ndarray:
         """Embed search queries: the manifest's query instruction is prepended to each."""
         prefix = self.manifest.query_instruction
         if isinstance(texts, str):
             return self.embed(prefix + texts, **kw)
-        if not isinstance(texts, Sequence):
-            raise InputError(f"texts must be a str or a sequence of str, got {type(texts).__name__}")
+        texts = as_sequence(texts)
         check_texts(texts)
         return self.embed([prefix + t for t in texts], **kw)
 
@@ -183,14 +223,30 @@ class Embedder(_Model):
             raise InputError("encode() needs at least one of dense, sparse, colbert")
         if isinstance(texts, str):
             texts = [texts]
+        texts = as_sequence(texts)
+        check_texts(texts)
+        dense_out = np.empty((len(texts), self.dim), dtype=np.float32) if dense else None
+        sparse_out: list[dict[int, float]] = []
+        colbert_out: list[np.ndarray] = []
+        for start, encoded in self._chunks(texts, self.tokenize):
+            part = self.encode_encoded(encoded, dense=dense, sparse=sparse, colbert=colbert)
+            if dense_out is not None and part.dense is not None:
+                dense_out[start : start + len(encoded)] = part.dense
+            sparse_out += part.sparse or ()
+            colbert_out += part.colbert or ()
+        return M3Output(dense_out, sparse_out if sparse else None, colbert_out if colbert else None)
+
+    def encode_encoded(
+        self, encoded: Sequence[Encoded], *, dense: bool = True, sparse: bool = False, colbert: bool = False
+    ) -> M3Output:
+        """``encode`` for inputs already tokenized by ``tokenize``."""
         wanted = [name for name, on in (("dense", dense), ("sparse", sparse), ("colbert", colbert)) if on]
-        n = len(texts)
+        n = len(encoded)
         dense_out = np.empty((n, self.dim), dtype=np.float32) if dense else None
         sparse_out: list[dict[int, float]] = [{} for _ in range(n)]
         colbert_out: list[np.ndarray] = [np.empty((0, self.dim), np.float32) for _ in range(n)]
         skip = frozenset(self.manifest.special_token_ids)
-        encodings = self.tokenizer.encode(list(texts), truncate=self.truncate)
-        for batch in self._batches(encodings):
+        for batch in self._batches(encoded):
             results = dict(zip(wanted, self._run(batch, wanted), strict=True))
             ids, mask = batch.feeds["input_ids"], batch.feeds["attention_mask"]
             for r, i in enumerate(batch.index.tolist()):
@@ -214,7 +270,9 @@ class Embedder(_Model):
         return hybrid_scores(q, p, weights=weights)
 
     def embed_stream(self, texts: Iterable[str], *, chunk_size: int = 1024) -> Iterator[np.ndarray]:
-        """Yield float32 [<=chunk_size, dim] arrays in input order; memory bounded by the chunk."""
+        """Yield float32 [<=chunk_size, dim] arrays in input order; memory bounded by the chunk.
+
+        For an iterable that is not a sequence (a file, a generator); ``embed`` bounds its own memory."""
         if chunk_size < 1:
             raise InputError(f"chunk_size must be positive, got {chunk_size}")
         it = iter(texts)

@@ -10,7 +10,7 @@ import numpy as np
 from .embedder import _Model
 from .errors import InputError
 from .manifest import Kind
-from .tokenize import check_texts
+from .tokenize import Encoded, as_sequence, check_pairs, check_texts
 
 __all__ = ["Reranker", "RerankResult"]
 
@@ -35,14 +35,26 @@ class Reranker(_Model):
         """float32 [n]: raw logits, or their sigmoid with normalize=True."""
         if isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(x, str) for x in pairs):
             pairs = [pairs]
+        pairs = as_sequence(pairs, what="pairs")
+        check_pairs(pairs)
         out = np.empty(len(pairs), dtype=np.float32)
-        if not len(pairs):
-            return out
-        encodings = self.tokenizer.encode_pairs(list(pairs), query_max_length=self.query_max_length)
-        for batch in self._batches(encodings):
-            out[batch.index] = self._run(batch, ["logits"])[0].reshape(-1)
+        for start, encoded in self._chunks(pairs, self.tokenize):
+            out[start : start + len(encoded)] = self.score_encoded(encoded)
         if normalize:
             out = (1.0 / (1.0 + np.exp(-out.astype(np.float64)))).astype(np.float32)
+        return out
+
+    def tokenize(self, pairs: Sequence[tuple[str, str]], *, offset: int = 0) -> list[Encoded]:
+        """Token ids per (query, passage) pair as FlagReranker builds them."""
+        return self.tokenizer.encode_pairs(
+            pairs, query_max_length=self.query_max_length, truncate=self.truncate, offset=offset
+        )
+
+    def score_encoded(self, encoded: Sequence[Encoded]) -> np.ndarray:
+        """float32 [n] raw logits for pairs already tokenized by ``tokenize``."""
+        out = np.empty(len(encoded), dtype=np.float32)
+        for batch in self._batches(encoded):
+            out[batch.index] = self._run(batch, ["logits"])[0].reshape(-1)
         return out
 
     def rerank(
