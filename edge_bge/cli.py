@@ -122,7 +122,13 @@ def _embed(args: argparse.Namespace) -> int:
     texts, records = _read_texts(args, args.texts)
     if not texts:
         raise UsageError("no texts to embed")
-    model = Embedder(args.bundle, providers=args.providers, threads=args.threads, max_batch_tokens=args.batch_tokens)
+    model = Embedder(
+        args.bundle,
+        providers=args.providers,
+        threads=args.threads,
+        max_batch_tokens=args.batch_tokens,
+        verify=not args.no_verify,
+    )
     progress = args.input not in (None, "-") and sys.stderr.isatty()
     if args.queries:
         vectors = model.embed_queries(texts, show_progress=progress)
@@ -148,7 +154,13 @@ def _load_reranker(bundle: str, args: argparse.Namespace) -> Any:
     kind = Manifest.load(bundle).kind
     if kind is not Kind.RERANKER:
         raise EdgeBGEError(f"{bundle} is a bundle of kind {kind.value!r}; rerank needs one of kind 'reranker'")
-    return load_model(bundle, providers=args.providers, threads=args.threads, max_batch_tokens=args.batch_tokens)
+    return load_model(
+        bundle,
+        providers=args.providers,
+        threads=args.threads,
+        max_batch_tokens=args.batch_tokens,
+        verify=not args.no_verify,
+    )
 
 
 def _rerank(args: argparse.Namespace) -> int:
@@ -256,7 +268,13 @@ def _bench(args: argparse.Namespace) -> int:
     if args.texts < 1 or args.repeat < 1 or args.latency_samples < 1:
         raise UsageError("--texts, --repeat and --latency-samples must be at least 1")
     kind = Manifest.load(args.bundle).kind
-    model = load_model(args.bundle, providers=args.providers, threads=args.threads, max_batch_tokens=args.batch_tokens)
+    model = load_model(
+        args.bundle,
+        providers=args.providers,
+        threads=args.threads,
+        max_batch_tokens=args.batch_tokens,
+        verify=not args.no_verify,
+    )
     texts = bench_texts(args.texts)
     if kind is Kind.RERANKER:
         items: list[Any] = [("what do embedding models do?", t) for t in texts]
@@ -351,10 +369,20 @@ def _serve(args: argparse.Namespace) -> int:
             drain_timeout=args.drain_timeout,
             truncate=args.truncate,
             warmup=args.warmup,
+            lenient_content_type=args.lenient_content_type,
+            max_tokenize_requests=args.max_tokenize,
+            max_connections=args.max_connections,
+            header_timeout=args.header_timeout,
+            keep_alive_timeout=args.keep_alive_timeout,
         )
     except InputError as e:
         raise UsageError(str(e)) from None
-    options = {"providers": args.providers, "threads": args.threads, "max_batch_tokens": args.batch_tokens}
+    options = {
+        "providers": args.providers,
+        "threads": args.threads,
+        "max_batch_tokens": args.batch_tokens,
+        "verify": not args.no_verify,
+    }
     served = [Served(load_model(bundle, **options)) for bundle in args.bundles]
     serve(served, config, log_level="info" if args.debug else "warning")
     return 0
@@ -370,6 +398,11 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         "--batch-tokens",
         type=int,
         help=f"padded tokens per run (default {DEFAULT_MAX_BATCH_TOKENS} on CPU, {GPU_MAX_BATCH_TOKENS} on a GPU)",
+    )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the sha256 check of the bundle's files at load (faster start; for bundles checked otherwise)",
     )
 
 
@@ -459,6 +492,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for in-flight work")
     s.add_argument("--truncate", action=argparse.BooleanOptionalAction, default=True, help="cut over-long texts")
     s.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True, help="largest batch at start")
+    s.add_argument("--max-tokenize", type=int, default=4, help="/tokenize requests worked on at once; then 429 (4)")
+    s.add_argument(
+        "--max-connections",
+        type=int,
+        default=1024,
+        help="open connections; past it the oldest one waiting for a request is closed, or 503 (1024)",
+    )
+    s.add_argument("--header-timeout", type=float, default=10.0, help="seconds to send request headers (10)")
+    s.add_argument("--keep-alive-timeout", type=float, default=5.0, help="idle seconds between requests (5)")
+    s.add_argument(
+        "--lenient-content-type",
+        action="store_true",
+        help="accept a POST without Content-Type as JSON (it lets browsers skip the CORS preflight)",
+    )
     _model_options(s)
     s.set_defaults(func=_serve)
 

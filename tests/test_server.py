@@ -29,10 +29,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_bge import Embedder
-from edge_bge.server import Registry, Served, ServerConfig, Service, create_app
+from edge_bge.server import Registry, Served, ServerConfig, Service
 from edge_bge.server.batcher import Batcher, QueueFull
 from edge_bge.server.metrics import Metrics
-from edge_bge.server.run import DrainingServer
+from edge_bge.server.run import DrainingServer, build_server
 
 from .conftest import corpus_texts
 
@@ -48,10 +48,9 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running(models: list[Any], **config: Any) -> Iterator[SimpleNamespace]:
-    """A uvicorn server on a free loopback port, in a thread, for the duration of the block."""
+    """The server ``edge-bge serve`` runs (build_server), on a free loopback port, in a thread, for the block."""
     cfg = ServerConfig(port=free_port(), **config)
-    app = create_app([m if isinstance(m, Served) else Served(m) for m in models], cfg)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=cfg.port, log_level="warning"))
+    server = build_server(Service(Registry([m if isinstance(m, Served) else Served(m) for m in models]), cfg))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -60,7 +59,7 @@ def running(models: list[Any], **config: Any) -> Iterator[SimpleNamespace]:
         time.sleep(0.01)
     url = f"http://127.0.0.1:{cfg.port}"
     try:
-        yield SimpleNamespace(url=url, service=app.state.service, server=server, client=httpx.Client(base_url=url))
+        yield SimpleNamespace(url=url, service=server.service, server=server, client=httpx.Client(base_url=url))
     finally:
         server.should_exit = True
         thread.join(60)
@@ -114,11 +113,13 @@ class Gated:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
 
-    def embed(self, texts: Any, **kw: Any) -> np.ndarray:
-        self.calls.append(list(texts))
+    def embed_encoded(self, encoded: Any) -> np.ndarray:
+        """The server's way in (inputs tokenized once per request); ``calls`` records them as text."""
+        decode = self._model.tokenizer.tokenizer.decode
+        self.calls.append([decode(e.ids.tolist(), skip_special_tokens=True) for e in encoded])
         self.entered.set()
         assert self.gate.wait(60)
-        return self._model.embed(texts, **kw)
+        return self._model.embed_encoded(encoded)
 
 
 def post_async(url: str, path: str, body: Any, results: list[Any]) -> threading.Thread:
@@ -261,7 +262,7 @@ def test_tei_embed_tokenize_and_prompt_name(srv, tiny):
     long = srv.client.post("/embed", json={"inputs": ["word " * 600], "truncate": True})
     assert long.status_code == 200 and cos(np.array(long.json()), tiny.embed(["word " * 600]))[0] >= 1 - 1e-6
     toks = srv.client.post("/tokenize", json={"inputs": ["héllo wörld"]}).json()[0]
-    assert [t["id"] for t in toks] == tiny.tokenizer.encode(["héllo wörld"])[0].ids
+    assert [t["id"] for t in toks] == list(tiny.tokenizer.encode(["héllo wörld"])[0].ids)
     assert [t["text"] for t in toks if not t["special"]] == ["héllo", "wörld"]
     assert toks[0]["special"] and toks[0]["start"] is None and toks[1]["start"] == 0
 

@@ -43,13 +43,15 @@ class Route:
 
 
 # ---- operations routes -----------------------------------------------------------------------
+# The operations routes answer from the event loop itself: a probe must not wait for a worker thread
+# (asyncio's default pool can be busy with other requests' tokenizing and encoding).
 async def health(service: Service, request: Request) -> Any:
-    return {"status": "ok"}
+    return JSONResponse({"status": "ok"})
 
 
 async def ready(service: Service, request: Request) -> Any:
     service.check_ready()
-    return {"status": "ready"}
+    return JSONResponse({"status": "ready"})
 
 
 async def info(service: Service, request: Request) -> Any:
@@ -60,7 +62,7 @@ async def info(service: Service, request: Request) -> Any:
         if m.kind.value == "reranker"
         else {"embedding": {"pooling": m.pooling.value if m.pooling else None}}
     )
-    return {
+    info = {
         "model_id": first.name,
         "model_dtype": m.precision.value,
         "model_type": model_type,
@@ -73,6 +75,7 @@ async def info(service: Service, request: Request) -> Any:
         "ready": service.is_ready,
         "models": [s.describe() for s in service.served],
     }
+    return JSONResponse(info)
 
 
 async def metrics(service: Service, request: Request) -> Any:
@@ -91,53 +94,93 @@ OPS_ROUTES = [
 def _endpoint(service: Service, route: Route) -> Callable[[Request], Awaitable[Response]]:
     dialect = dialect_for(route.path)
 
-    async def endpoint(request: Request) -> Response:
+    async def answer(request: Request) -> Response:
         t0 = time.perf_counter()
         request.state.t0 = t0
-        failure = None
+        err: ApiError | None = None
         try:
             result = await route.handler(service, request)
             # encoding thousands of floats takes a while: not on the event loop's thread
             response = result if isinstance(result, Response) else await asyncio.to_thread(JSONResponse, result)
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still running when --drain-timeout ends: they get a JSON 503
+            # (uvicorn would send a plain-text 500). Any other cancellation is not ours to swallow.
+            if not service.draining:
+                raise
+            _uncancel()
+            err = ApiError(
+                E.UNAVAILABLE,
+                f"the server shut down before this request finished (drain timeout "
+                f"{service.config.drain_timeout:g} s); retry",
+                headers={"Retry-After": str(service.config.retry_after)},
+            )
+            log.warning("%s %s: unfinished at the end of the drain, answered 503", route.method, route.path)
         except Exception as exc:
             err = from_exception(exc)
             if err.kind is E.INTERNAL:
                 log.exception("%s %s failed", route.method, route.path)
-            failure = err.kind.value
+            elif err.kind is E.CLIENT_CLOSED:  # a client fault: one line, no traceback
+                log.info("%s %s: %s", route.method, route.path, err.message)
+        if err is not None:
             response = render(dialect, err)
-        service.metrics.request(route.path, response.status_code, time.perf_counter() - t0, failure)
+        service.metrics.request(
+            route.path, response.status_code, time.perf_counter() - t0, err.kind.value if err else None
+        )
         return response
+
+    async def endpoint(request: Request) -> Response:
+        declared = request.headers.get("content-length", "")
+        large = service.trimmer.started(int(declared) if declared.isdigit() else 0)
+        try:
+            return await answer(request)
+        finally:
+            if large:
+                service.trimmer.ended()
 
     endpoint.__name__ = route.handler.__name__
     return endpoint
+
+
+def _uncancel() -> None:
+    """Undo the cancellation this task has handled (Python 3.11+ counts them)."""
+    task = asyncio.current_task()
+    uncancel = getattr(task, "uncancel", None)
+    if uncancel is not None:
+        uncancel()
 
 
 _STATUS_KIND = {401: E.UNAUTHORIZED, 404: E.NOT_FOUND, 405: E.METHOD_NOT_ALLOWED, 413: E.TOO_LARGE}
 
 
 class ApiKeyMiddleware:
-    """Every route but /health needs ``Authorization: Bearer KEY`` (or ``X-API-Key: KEY``)."""
+    """Every route but /health needs ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``."""
 
     def __init__(self, app: ASGIApp, *, key: str, service: Service, paths: set[str]) -> None:
         self.app, self.key, self.service, self.paths = app, key.encode("utf-8"), service, paths
 
-    def _given(self, scope: Scope) -> bytes | None:
-        headers = dict(scope.get("headers") or [])
-        auth = headers.get(b"authorization")
-        if auth is not None:
-            scheme, _, token = auth.partition(b" ")
-            return token.strip() if scheme.lower() == b"bearer" else None
-        return headers.get(b"x-api-key")
+    @staticmethod
+    def _given(scope: Scope) -> list[bytes]:
+        """Every key the request offers: Bearer tokens in Authorization, and X-API-Key values."""
+        given = []
+        for name, value in scope.get("headers") or []:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    given.append(token.strip())
+            elif name == b"x-api-key":
+                given.append(value.strip())
+        return given
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] == "/health":
             await self.app(scope, receive, send)
             return
         given = self._given(scope)
-        if given is not None and hmac.compare_digest(given, self.key):
+        # a correct key in either header passes; every offered key is compared, each in constant time
+        if any([hmac.compare_digest(g, self.key) for g in given]):  # a list: no short cut
             await self.app(scope, receive, send)
             return
-        message = "missing API key" if given is None else "wrong API key"
+        message = "missing API key" if not given else "wrong API key"
         err = ApiError(E.UNAUTHORIZED, f"{message}: send the header 'Authorization: Bearer <key>'")
         route = scope["path"] if scope["path"] in self.paths else "unmatched"
         self.service.metrics.request(route, err.status, 0.0, err.kind.value)
@@ -160,7 +203,7 @@ def create_app(
         try:
             yield
         finally:
-            service.stop()
+            await asyncio.to_thread(service.stop)  # joins the batchers' threads: not on the event loop
 
     app = FastAPI(
         title="edge-bge",

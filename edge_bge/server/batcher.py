@@ -21,7 +21,7 @@ from typing import Any
 
 from .metrics import Metrics
 
-__all__ = ["Batcher", "Job", "QueueFull"]
+__all__ = ["Batcher", "Job", "QueueFull", "Stopped"]
 
 log = logging.getLogger("edge_bge")
 
@@ -30,6 +30,10 @@ RunFn = Callable[[str, list[Any]], Any]  # (op, items) -> array [n, ...] or list
 
 class QueueFull(Exception):
     """The queue holds ``max_queue_items`` texts already."""
+
+
+class Stopped(Exception):
+    """The batcher has been stopped (the server is shutting down)."""
 
 
 @dataclass(eq=False)
@@ -94,12 +98,12 @@ class Batcher:
             self._thread = None
 
     def submit(self, op: str, items: list[Any], tokens: int) -> Job:
-        """Queue a job; call from the event loop thread. QueueFull when it would exceed the bound."""
+        """Queue a job; call from the event loop thread. QueueFull when it would exceed the bound; Stopped after stop()."""
         loop = asyncio.get_running_loop()
         job = Job(op, items, tokens, loop, loop.create_future())
         with self._cond:
             if self._stopping:
-                raise QueueFull("the server is shutting down")
+                raise Stopped("the server is shutting down")
             if self._depth + len(items) > self.max_queue_items:
                 raise QueueFull(f"{self._depth} texts are queued for {self.name!r} (limit {self.max_queue_items})")
             self._queue.append(job)

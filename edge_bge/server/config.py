@@ -48,6 +48,24 @@ class ServerConfig:
     warmup: bool = True
     # Seconds suggested to clients in Retry-After when the queue is full or the server is warming up.
     retry_after: int = 1
+    # POSTs must say Content-Type: application/json (415 otherwise). A POST without one is what a
+    # browser sends as a "simple" cross-origin request, which skips the CORS preflight; True accepts it.
+    lenient_content_type: bool = False
+    # /tokenize requests admitted at once (running on a pool of half the cores, or waiting for it); more
+    # get 429. Tokenizing needs no model, so /tokenize does not queue behind inference; but tokenizing a
+    # 1 MB text takes ~0.5 s of CPU, and more threads at it would slow the event loop down.
+    max_tokenize_requests: int = 4
+
+    # Connections: a stranger without the key must not be able to stall the server.
+    # Open HTTP connections at most. When full, a new connection closes the oldest one that is still
+    # waiting for a request (silent or idle); when all are busy with requests it gets a 503 and is
+    # closed at once. `serve` lowers it to fit the process's file-descriptor limit (RLIMIT_NOFILE).
+    max_connections: int = 1024
+    # Seconds a connection has to send complete request headers, counted from its connect or from its
+    # previous answer. Silent and trickling (slowloris) connections are closed after it.
+    header_timeout: float = 10.0
+    # Seconds an idle connection is kept open between requests (at most header_timeout).
+    keep_alive_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         positive = {
@@ -60,6 +78,10 @@ class ServerConfig:
             "max_body_bytes": self.max_body_bytes,
             "request_timeout": self.request_timeout,
             "retry_after": self.retry_after,
+            "max_tokenize_requests": self.max_tokenize_requests,
+            "max_connections": self.max_connections,
+            "header_timeout": self.header_timeout,
+            "keep_alive_timeout": self.keep_alive_timeout,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -72,6 +94,11 @@ class ServerConfig:
             raise InputError(
                 f"max_items ({self.max_items}) must not exceed max_queue_items ({self.max_queue_items}): "
                 "a request that large could never be queued"
+            )
+        if self.keep_alive_timeout > self.header_timeout:
+            raise InputError(
+                f"keep_alive_timeout ({self.keep_alive_timeout:g} s) must not exceed header_timeout "
+                f"({self.header_timeout:g} s): an idle connection must send its next request within header_timeout"
             )
         if self.api_key is not None and not self.api_key:
             raise InputError("the API key is empty")

@@ -7,6 +7,9 @@ in the route's dialect:
     OpenAI   {"error": {"message", "type", "param", "code"}}
     TEI      {"error", "error_type"}
     Cohere   {"message", "error_type"}     (also what Jina's clients read)
+
+4xx kinds are the client's fault (an aborted upload is 499, ``CLIENT_CLOSED``): they are counted
+by status in /metrics and never logged with a traceback; only ``INTERNAL`` is.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import enum
 import json
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from ..errors import EdgeBGEError, InferenceError, InputError
@@ -34,6 +38,7 @@ class Kind(str, enum.Enum):
     OVERLOADED = "overloaded"
     UNAVAILABLE = "unavailable"  # warming up or draining
     TIMEOUT = "timeout"
+    BODY_TIMEOUT = "body_timeout"  # the client did not send its whole body within the request deadline
     CLIENT_CLOSED = "client_closed"  # the client went away; nobody reads this answer
     BACKEND = "backend"  # ONNX Runtime failed
     INTERNAL = "internal"
@@ -47,6 +52,7 @@ TABLE: dict[Kind, tuple[int, str]] = {
     Kind.UNAUTHORIZED: (401, "authentication_error"),
     Kind.NOT_FOUND: (404, "invalid_request_error"),
     Kind.METHOD_NOT_ALLOWED: (405, "invalid_request_error"),
+    Kind.BODY_TIMEOUT: (408, "invalid_request_error"),
     Kind.TOO_LARGE: (413, "invalid_request_error"),
     Kind.UNSUPPORTED_MEDIA_TYPE: (415, "invalid_request_error"),
     Kind.OVERLOADED: (429, "rate_limit_error"),
@@ -91,6 +97,8 @@ def from_exception(exc: BaseException) -> ApiError:
     """Map an exception from the runtime to an ApiError (unknown ones are internal errors)."""
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, ClientDisconnect):  # a client fault, not ours: 499, no traceback
+        return ApiError(Kind.CLIENT_CLOSED, "the client closed the connection before sending the whole body")
     if isinstance(exc, InputError):
         return ApiError(Kind.VALIDATION, str(exc))
     if isinstance(exc, InferenceError):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
 from starlette.requests import Request
@@ -11,9 +13,12 @@ from .config import ServerConfig
 from .errors import ApiError
 from .errors import Kind as E
 
-__all__ = ["read_json", "texts", "flag", "optional_int", "one_text", "prompt_prefix"]
+__all__ = ["PARSE_ON_LOOP_BYTES", "read_json", "texts", "flag", "optional_int", "one_text", "prompt_prefix"]
 
 _JSON_TYPES = ("application/json",)
+# Bodies larger than this are parsed on a worker thread: json.loads of a few MB takes milliseconds
+# that the event loop (and /health) should not wait for. Smaller ones are parsed faster than a hand-off.
+PARSE_ON_LOOP_BYTES = 64 * 1024
 
 TOKEN_IDS_HINT = (
     "this server takes text, not token ids: send strings "
@@ -32,14 +37,37 @@ def _type(value: Any) -> str:
 
 
 async def read_json(request: Request, config: ServerConfig) -> dict[str, Any]:
-    """The body as a JSON object; 415 for a non-JSON content type, 413 past max_body_bytes, 400 for bad JSON."""
+    """The body as a JSON object: 415 without a JSON content type, 413 past max_body_bytes, 400 for bad JSON.
+
+    The whole body must arrive within the request deadline (408 otherwise); bodies over
+    ``PARSE_ON_LOOP_BYTES`` are parsed on a worker thread so the event loop keeps answering.
+    """
     ctype = request.headers.get("content-type")
-    if ctype is not None and ctype.split(";")[0].strip().lower() not in _JSON_TYPES:
+    if ctype is None:
+        if not config.lenient_content_type:
+            raise ApiError(
+                E.UNSUPPORTED_MEDIA_TYPE, "the request has no content type; send 'Content-Type: application/json'"
+            )
+    elif ctype.split(";")[0].strip().lower() not in _JSON_TYPES:
         raise ApiError(E.UNSUPPORTED_MEDIA_TYPE, f"content type {ctype!r} is not supported; send application/json")
     limit = config.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(E.TOO_LARGE, f"the body has {declared} bytes, more than the limit of {limit}")
+    t0 = getattr(request.state, "t0", None)
+    left = config.request_timeout - (time.perf_counter() - t0 if t0 is not None else 0.0)
+    try:
+        raw = await asyncio.wait_for(_read_body(request, limit), max(left, 0.0))
+    except asyncio.TimeoutError:
+        raise ApiError(
+            E.BODY_TIMEOUT, f"the body did not arrive within the request deadline of {config.request_timeout:g} s"
+        ) from None
+    if len(raw) > PARSE_ON_LOOP_BYTES:
+        return await asyncio.to_thread(_parse, raw)
+    return _parse(raw)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -47,7 +75,10 @@ async def read_json(request: Request, config: ServerConfig) -> dict[str, Any]:
         if size > limit:
             raise ApiError(E.TOO_LARGE, f"the body has more than the limit of {limit} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+def _parse(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise ApiError(E.INVALID_JSON, "the body is empty; send a JSON object")
     try:

@@ -10,6 +10,9 @@ Series:
     edge_bge_batch_tokens{model,op}                    histogram, tokens per coalesced run
     edge_bge_batch_requests{model,op}                  histogram, requests per coalesced run
     edge_bge_dropped_total{model,reason}               counter, queued work dropped (disconnect, timeout)
+    edge_bge_connections_closed_total{reason}          counter, connections the server closed before a
+                                                       request: refused (limit), evicted, header_timeout
+    edge_bge_connections_open                          gauge, open HTTP connections (set by ``serve``)
     edge_bge_queue_depth{model}                        gauge, texts waiting
     edge_bge_ready                                     gauge, 1 when /ready answers 200
 """
@@ -92,6 +95,10 @@ class Metrics:
         self.requests = _Counter("edge_bge_requests_total", "HTTP requests answered, by route and status.")
         self.failures = _Counter("edge_bge_request_failures_total", "Requests answered with an error, by type.")
         self.dropped = _Counter("edge_bge_dropped_total", "Queued requests dropped before running, by reason.")
+        self.connections_closed = _Counter(
+            "edge_bge_connections_closed_total",
+            "Connections closed by the server before they sent a request: refused (limit), evicted, header_timeout.",
+        )
         self.request_seconds = _Histogram(
             "edge_bge_request_duration_seconds", "Seconds from a request's arrival to its answer.", _SECONDS
         )
@@ -131,6 +138,10 @@ class Metrics:
         with self._lock:
             self.dropped.inc((("model", model), ("reason", reason)))
 
+    def connection_closed(self, reason: str) -> None:
+        with self._lock:
+            self.connections_closed.inc((("reason", reason),))
+
     def render(self) -> str:
         with self._lock:
             lines: list[str] = []
@@ -138,6 +149,7 @@ class Metrics:
                 self.requests,
                 self.failures,
                 self.dropped,
+                self.connections_closed,
                 self.request_seconds,
                 self.queue_seconds,
                 self.inference_seconds,

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Sequence
+from pathlib import PureWindowsPath
 from typing import Any
-
-import numpy as np
-from tokenizers import Tokenizer
 
 from ..embedder import Embedder
 from ..errors import InputError
 from ..manifest import Kind, Manifest
 from ..reranker import Reranker
+from ..tokenize import Encoded, TooLongError
 from .batcher import Batcher
 from .errors import ApiError
 from .errors import Kind as E
@@ -36,10 +34,20 @@ def load_model(
     providers: str | Sequence[Any] = "auto",
     threads: int | None = None,
     max_batch_tokens: int | None = None,
+    verify: bool = True,
 ) -> Any:
-    """An Embedder (embedding, m3) or Reranker (reranker) for a bundle directory."""
+    """An Embedder (embedding, m3) or Reranker (reranker) for a bundle directory.
+
+    ``verify=False`` skips the sha256 check of the bundle's files against its manifest (faster start;
+    only for bundles whose integrity is checked some other way).
+    """
     manifest = Manifest.load(path)
-    options: dict[str, Any] = {"providers": providers, "threads": threads, "max_batch_tokens": max_batch_tokens}
+    options: dict[str, Any] = {
+        "providers": providers,
+        "threads": threads,
+        "max_batch_tokens": max_batch_tokens,
+        "verify": verify,
+    }
     if manifest.kind is Kind.RERANKER:
         return Reranker(path, **options)
     return Embedder(path, **options)
@@ -55,44 +63,28 @@ class Served:
         self.kind = self.manifest.kind
         self.ops = OPS[self.kind]
         self.batcher: Batcher | None = None
-        self._full: Tokenizer | None = None  # untruncated, for truncate=false checks
-        self._lock = threading.Lock()
 
-    def run(self, op: str, items: list[Any]) -> Any:
-        """Run one operation on many inputs; called on the batcher's worker thread."""
+    def tokenize(self, items: Sequence[Any], *, param: str, truncate: bool, pairs: bool = False) -> list[Encoded]:
+        """Token ids per text (or (query, passage) pair), once per request: what ``run`` takes.
+
+        With ``truncate`` false, an input longer than max_length is an ApiError (413) naming it."""
+        tokenizer = self.model.tokenizer
+        try:
+            if pairs:
+                return tokenizer.encode_pairs(items, query_max_length=self.model.query_max_length, truncate=truncate)
+            return tokenizer.encode(items, truncate=truncate)
+        except TooLongError as e:
+            raise ApiError(E.TOO_LARGE, str(e.naming(param, hint="send truncate=true")), param=param) from None
+
+    def run(self, op: str, encoded: list[Encoded]) -> Any:
+        """Run one operation on many tokenized inputs; called on the batcher's worker thread."""
         if op == "embed":
-            return self.model.embed(items)
+            return self.model.embed_encoded(encoded)
         if op == "sparse":
-            return self.model.encode(items, dense=False, sparse=True).sparse
+            return self.model.encode_encoded(encoded, dense=False, sparse=True).sparse
         if op == "score":
-            return np.asarray(self.model.score(items, normalize=False), dtype=np.float32).reshape(-1)
+            return self.model.score_encoded(encoded)
         raise ValueError(f"unknown operation {op!r}")
-
-    def count_tokens(self, items: Sequence[Any], *, pairs: bool = False) -> list[int]:
-        """Tokens per text (or (query, passage) pair) as the model will see them, after truncation."""
-        if pairs:
-            encodings = self.model.tokenizer.encode_pairs(list(items), query_max_length=self.model.query_max_length)
-        else:
-            encodings = self.model.tokenizer.encode(list(items), truncate=True)
-        return [len(e.ids) for e in encodings]
-
-    def check_length(self, items: Sequence[Any], *, param: str) -> None:
-        """ApiError (413) naming the first text (or pair) longer than max_length before truncation."""
-        with self._lock:
-            if self._full is None:
-                full = Tokenizer.from_str(self.model.tokenizer.tokenizer.to_str())
-                full.no_truncation()
-                full.no_padding()
-                self._full = full
-        limit = self.manifest.max_length
-        for i, enc in enumerate(self._full.encode_batch(list(items))):
-            if len(enc.ids) > limit:
-                raise ApiError(
-                    E.TOO_LARGE,
-                    f"{param}[{i}] has {len(enc.ids)} tokens, more than the model's max_length {limit}; "
-                    "shorten it or send truncate=true",
-                    param=param,
-                )
 
     def warm_up(self, *, max_batch_tokens: int, max_batch_items: int) -> None:
         """Run the largest batch the server will form: max_length tokens per row, rows to fill the budget."""
@@ -100,10 +92,24 @@ class Served:
         rows = max(1, min(max_batch_items, max_batch_tokens // length))
         text = "warm " * length  # truncated to max_length tokens
         op = self.ops[0]
-        self.run(op, [(text, text)] * rows if op == "score" else [text] * rows)
+        pairs = op == "score"
+        items = [(text, text)] * rows if pairs else [text] * rows
+        self.run(op, self.tokenize(items, param="warm-up", truncate=True, pairs=pairs))
 
     def describe(self) -> dict[str, Any]:
+        """The bundle as /info shows it: no local paths (the manifest's source.checkpoint is the build
+        machine's directory; a source id that is a path becomes its last name), no probe texts."""
         m = self.manifest
+        source: dict[str, Any] = {}
+        for key in ("id", "revision"):
+            value = m.source.get(key)
+            if isinstance(value, str) and (
+                value.startswith(("/", "~", ".", "\\")) or PureWindowsPath(value).is_absolute() or value.count("/") > 1
+            ):
+                value = PureWindowsPath(value).name  # splits on / and \
+            if value is not None:
+                source[key] = value
+        parity = {k: m.parity[k] for k in ("reference", "probe_texts", "gate", "summary") if k in m.parity}
         return {
             "name": self.name,
             "kind": m.kind.value,
@@ -116,8 +122,9 @@ class Served:
             "normalize": m.normalize,
             "query_instruction": m.query_instruction,
             "providers": list(getattr(self.model, "providers", [])),
-            "parity": m.parity,
-            "source": m.source,
+            "parity": parity,
+            "source": source,
+            "files": dict(m.files),  # sha256 of each file
         }
 
 

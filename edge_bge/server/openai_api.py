@@ -50,8 +50,8 @@ def _b64(vector: np.ndarray) -> str:
 
 async def embeddings(service: Service, request: Request) -> Any:
     config = service.config
-    data = await read_json(request, config)
     service.check_ready()
+    data = await read_json(request, config)
     served = service.registry.pick("embed", data.get("model"), route="/v1/embeddings")
     items = texts(data.get("input"), "input", config)
     fmt = data.get("encoding_format")
@@ -60,13 +60,13 @@ async def embeddings(service: Service, request: Request) -> Any:
     if fmt not in ("float", "base64"):
         raise ApiError(E.VALIDATION, '\'encoding_format\' must be "float" or "base64"', param="encoding_format")
     check_dimensions(data, served.manifest.dim)
-    tokens = await service.count(served, items, param="input", truncate=config.truncate)
-    vectors = await service.submit(request, served, "embed", items, tokens)
+    encoded = await service.tokenize(served, items, param="input", truncate=config.truncate)
+    vectors = await service.submit(request, served, "embed", encoded)
     if fmt == "base64":
         rows: list[Any] = [_b64(v) for v in vectors]
     else:
         rows = vectors.tolist()
-    total = int(sum(tokens))
+    total = sum(len(e) for e in encoded)
     return {
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)],

@@ -3,24 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 
-from .batcher import Batcher, QueueFull
+from ..tokenize import Encoded
+from .batcher import Batcher, QueueFull, Stopped
 from .config import ServerConfig
 from .errors import ApiError, from_exception
 from .errors import Kind as E
+from .memory import Trimmer
 from .metrics import Metrics
 from .models import Registry, Served
 
 __all__ = ["Service"]
 
 log = logging.getLogger("edge_bge")
+
+T = TypeVar("T")
 
 
 async def _disconnected(request: Request) -> None:
@@ -38,11 +45,17 @@ class Service:
     def __init__(self, registry: Registry, config: ServerConfig, metrics: Metrics | None = None) -> None:
         self.registry, self.config = registry, config
         self.metrics = metrics or Metrics()
+        self.trimmer = Trimmer()  # gives memory back after large requests
         self.started = time.time()
         self.ready = False
         self.draining = False
         self.warmup_error: str | None = None
         self._warm_thread: threading.Thread | None = None
+        # /tokenize: a pool of its own, so it neither waits behind inference nor fills asyncio's default
+        # pool; half the cores at most, so tokenizing never takes the CPU the event loop needs
+        threads = max(1, min(config.max_tokenize_requests, (os.cpu_count() or 2) // 2))
+        self._tokenize_pool = ThreadPoolExecutor(threads, thread_name_prefix="edge-bge-tokenize")
+        self._tokenizing = 0  # admitted: running or waiting for a thread
         for served in registry.served:
             served.batcher = Batcher(
                 served.name,
@@ -110,33 +123,35 @@ class Service:
         for served in self.served:
             if served.batcher is not None:
                 served.batcher.stop(timeout=self.config.drain_timeout)
+        self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
     def check_ready(self) -> None:
+        """503 unless ready. Routes that work call it first, before reading the body: a request that
+        passes is accepted, and is finished even if SIGTERM comes while it is read, tokenized or queued."""
+        retry = {"Retry-After": str(self.config.retry_after)}
         if self.draining:
-            raise ApiError(E.UNAVAILABLE, "the server is shutting down")
+            raise ApiError(E.UNAVAILABLE, "the server is shutting down", headers=retry)
         if not self.ready:
-            reason = self.warmup_error or "the server is warming up"
-            raise ApiError(E.UNAVAILABLE, reason, headers={"Retry-After": str(self.config.retry_after)})
+            raise ApiError(E.UNAVAILABLE, self.warmup_error or "the server is warming up", headers=retry)
 
     # ---- work --------------------------------------------------------------------------------
-    async def count(
+    async def tokenize(
         self, served: Served, items: Sequence[Any], *, param: str, truncate: bool, pairs: bool = False
-    ) -> list[int]:
-        """Tokens per input after truncation; 413 for an over-long input when ``truncate`` is false."""
+    ) -> list[Encoded]:
+        """Token ids per input, made once per request (off the event loop); 413 for an over-long input
+        when ``truncate`` is false."""
+        return await asyncio.to_thread(served.tokenize, items, param=param, truncate=truncate, pairs=pairs)
 
-        def count() -> list[int]:
-            if not truncate:
-                served.check_length(items, param=param)
-            return served.count_tokens(items, pairs=pairs)
+    async def submit(self, request: Request, served: Served, op: str, encoded: list[Encoded]) -> Any:
+        """Queue tokenized inputs for ``op`` and wait for exactly their results, the deadline, or the client leaving.
 
-        return await asyncio.to_thread(count)
-
-    async def submit(self, request: Request, served: Served, op: str, items: list[Any], tokens: Sequence[int]) -> Any:
-        """Queue ``items`` for ``op`` and wait for exactly their results, the deadline, or the client leaving."""
-        self.check_ready()
+        No readiness check here: the route checked it when the request arrived (see check_ready).
+        """
         batcher = self._batcher(served)
         try:
-            job = batcher.submit(op, items, int(sum(tokens)))
+            job = batcher.submit(op, encoded, sum(len(e) for e in encoded))
+        except Stopped as e:
+            raise ApiError(E.UNAVAILABLE, str(e), headers={"Retry-After": str(self.config.retry_after)}) from None
         except QueueFull as e:
             raise ApiError(
                 E.OVERLOADED,
@@ -168,3 +183,18 @@ class Service:
         if dropped:
             self.metrics.drop(served.name, "timeout")
         raise ApiError(E.TIMEOUT, f"no answer within the request deadline of {self.config.request_timeout:g} s")
+
+    async def tokenize_work(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` for /tokenize on its pool: at most max_tokenize_requests at once, 429 past that."""
+        limit = self.config.max_tokenize_requests
+        if self._tokenizing >= limit:
+            raise ApiError(
+                E.OVERLOADED,
+                f"{self._tokenizing} /tokenize requests are being worked on (limit {limit}); retry later",
+                headers={"Retry-After": str(self.config.retry_after)},
+            )
+        self._tokenizing += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, functools.partial(fn, *args))
+        finally:
+            self._tokenizing -= 1

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
+import json
 import uuid
 from typing import Any
 
 import numpy as np
 from starlette.requests import Request
+from starlette.responses import Response
 
 from .app import Route
 from .errors import ApiError
@@ -75,8 +76,8 @@ async def _embed_inputs(service: Service, data: dict[str, Any], op: str, route: 
 
 
 async def embed(service: Service, request: Request) -> Any:
-    data = await read_json(request, service.config)
     service.check_ready()
+    data = await read_json(request, service.config)
     served, items, truncate = await _embed_inputs(service, data, "embed", "/embed")
     normalize = flag(data, "normalize", True)
     check_dimensions(data, served.manifest.dim)
@@ -86,8 +87,8 @@ async def embed(service: Service, request: Request) -> Any:
             f"{served.name!r} L2-normalises inside its graph, so normalize=false cannot be served; leave it out",
             param="normalize",
         )
-    tokens = await service.count(served, items, param="inputs", truncate=truncate)
-    vectors = await service.submit(request, served, "embed", items, tokens)
+    encoded = await service.tokenize(served, items, param="inputs", truncate=truncate)
+    vectors = await service.submit(request, served, "embed", encoded)
     if normalize and not served.manifest.normalize:
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         vectors = vectors / np.maximum(norms, 1e-12)
@@ -95,11 +96,11 @@ async def embed(service: Service, request: Request) -> Any:
 
 
 async def embed_sparse(service: Service, request: Request) -> Any:
-    data = await read_json(request, service.config)
     service.check_ready()
+    data = await read_json(request, service.config)
     served, items, truncate = await _embed_inputs(service, data, "sparse", "/embed_sparse")
-    tokens = await service.count(served, items, param="inputs", truncate=truncate)
-    weights = await service.submit(request, served, "sparse", items, tokens)
+    encoded = await service.tokenize(served, items, param="inputs", truncate=truncate)
+    weights = await service.submit(request, served, "sparse", encoded)
     return [[{"index": k, "value": float(v)} for k, v in sorted((int(k), v) for k, v in w.items())] for w in weights]
 
 
@@ -107,9 +108,9 @@ async def _scores(
     service: Service, request: Request, served: Served, query: str, docs: list[str], param: str, truncate: bool
 ) -> tuple[np.ndarray, int]:
     pairs = [(query, d) for d in docs]
-    tokens = await service.count(served, pairs, param=param, truncate=truncate, pairs=True)
-    logits = await service.submit(request, served, "score", pairs, tokens)
-    return np.asarray(logits, dtype=np.float32).reshape(-1), int(sum(tokens))
+    encoded = await service.tokenize(served, pairs, param=param, truncate=truncate, pairs=True)
+    logits = await service.submit(request, served, "score", encoded)
+    return np.asarray(logits, dtype=np.float32).reshape(-1), sum(len(e) for e in encoded)
 
 
 def _docs(data: dict[str, Any], service: Service) -> tuple[list[str], str]:
@@ -118,8 +119,8 @@ def _docs(data: dict[str, Any], service: Service) -> tuple[list[str], str]:
 
 
 async def rerank(service: Service, request: Request) -> Any:
-    data = await read_json(request, service.config)
     service.check_ready()
+    data = await read_json(request, service.config)
     served = service.registry.pick("score", data.get("model"), route="/rerank")
     query = one_text(data.get("query"), "query")
     docs, param = _docs(data, service)
@@ -138,8 +139,8 @@ async def rerank(service: Service, request: Request) -> Any:
 
 
 async def cohere_rerank(service: Service, request: Request) -> Any:
-    data = await read_json(request, service.config)
     service.check_ready()
+    data = await read_json(request, service.config)
     served = service.registry.pick("score", data.get("model"), route="/v1/rerank")
     query = one_text(data.get("query"), "query")
     docs = texts(data.get("documents"), "documents", service.config, objects=True)
@@ -156,16 +157,16 @@ async def cohere_rerank(service: Service, request: Request) -> Any:
     return {"id": str(uuid.uuid4()), "model": served.name, "results": results, "usage": {"total_tokens": total}}
 
 
-async def tokenize(service: Service, request: Request) -> Any:
-    data = await read_json(request, service.config)
-    served = service.registry.pick(None, data.get("model"), route="/tokenize")
-    items = texts(data.get("inputs"), "inputs", service.config)
-    special = flag(data, "add_special_tokens", True)
-    prefix = prompt_prefix(data, served.manifest.query_instruction)
-    items = [prefix + t for t in items] if prefix else items
-    rust = served.model.tokenizer.tokenizer
-    encodings = await asyncio.to_thread(rust.encode_batch, items, add_special_tokens=special)
-    out = []
+# Tokens per json.dumps call when writing a /tokenize answer (up to 2048 texts of max_length tokens
+# each): the C encoder keeps the GIL for a whole call, so a large answer is written in ~2 ms slices
+# and the event loop's thread gets its turns in between.
+_TOKENS_PER_DUMP = 2048
+
+
+def _tokens_json(served: Served, items: list[str], special: bool) -> bytes:
+    """The /tokenize answer as JSON bytes; runs on the tokenize pool, never on the event loop."""
+    encodings = served.model.tokenizer.encodings(items, add_special_tokens=special)
+    answers = []
     for text, enc in zip(items, encodings, strict=True):
         tokens = []
         for tid, tok, (start, stop), is_special in zip(
@@ -175,8 +176,24 @@ async def tokenize(service: Service, request: Request) -> Any:
                 tokens.append({"id": tid, "text": tok, "special": True, "start": None, "stop": None})
             else:
                 tokens.append({"id": tid, "text": text[start:stop], "special": False, "start": start, "stop": stop})
-        out.append(tokens)
-    return out
+        pieces = (
+            json.dumps(tokens[i : i + _TOKENS_PER_DUMP], ensure_ascii=False, separators=(",", ":"))[1:-1]
+            for i in range(0, len(tokens), _TOKENS_PER_DUMP)
+        )
+        answers.append("[" + ",".join(pieces) + "]")
+    return ("[" + ",".join(answers) + "]").encode("utf-8")
+
+
+async def tokenize(service: Service, request: Request) -> Any:
+    service.check_ready()
+    data = await read_json(request, service.config)
+    served = service.registry.pick(None, data.get("model"), route="/tokenize")
+    items = texts(data.get("inputs"), "inputs", service.config)
+    special = flag(data, "add_special_tokens", True)
+    prefix = prompt_prefix(data, served.manifest.query_instruction)
+    items = [prefix + t for t in items] if prefix else items
+    body = await service.tokenize_work(_tokens_json, served, items, special)
+    return Response(body, media_type="application/json")
 
 
 ROUTES = [
