@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import EdgeBGEError, InputError
+from .errors import EdgeBGEError, InputError, ManifestError, ModelFilesError
 
 log = logging.getLogger("edge_bge")
 
@@ -543,6 +543,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edge-bge: interrupted", file=sys.stderr)
         return 130
+    except (ManifestError, ModelFilesError) as e:
+        if args.debug:
+            raise
+        print(f"edge-bge: error: {e}", file=sys.stderr)
+        # serve: a bundle that cannot be loaded is a configuration fault that no restart mends
+        return 2 if args.command == "serve" else 1
     except Exception as e:
         if args.debug:
             raise

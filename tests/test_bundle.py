@@ -442,5 +442,5 @@ def test_serve_refuses_a_bundle_whose_manifest_disagrees_with_the_graph(copy):
     assert done.stderr.startswith("edge-bge: error: manifest field 'dim' is 768"), done.stderr
 
 
-# edge_bge/cli.py: usage errors exit 2, EdgeBGEError (a bad bundle among them) exits 1
-SERVE_BAD_BUNDLE_EXIT = 1
+# edge_bge/cli.py: serve refuses a bundle it cannot load with 2 (a configuration fault), not 1
+SERVE_BAD_BUNDLE_EXIT = 2

@@ -125,7 +125,7 @@ def test_api_key_comes_from_the_file_the_flag_or_the_environment(tmp_path, monke
     assert _api_key(parser.parse_args(["serve", "b"])) is None
 
 
-def test_errors_exit_1_with_one_line(tiny_fp32, tmp_path, capsys):
+def test_errors_exit_with_one_line(tiny_fp32, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"text": 5}\n', encoding="utf-8")
     cases = [
@@ -133,13 +133,16 @@ def test_errors_exit_1_with_one_line(tiny_fp32, tmp_path, capsys):
         (["embed", str(tiny_fp32), "-i", str(bad)], "bad.jsonl:2: expected a JSON object with a string field 'text'"),
         (["embed", str(tiny_fp32), "-i", str(tmp_path / "absent.txt")], "absent.txt"),
         (["rerank", str(tiny_fp32), "-q", "q", "doc"], "rerank needs one of kind 'reranker'"),
-        (["serve", str(tmp_path), "--no-warmup"], "edge_bge.json not found"),
         (["build-engine", str(tiny_fp32), "--cache-dir", str(tmp_path)], "exported with --target tensorrt"),
     ]
     for argv, message in cases:
         assert main(argv) == 1, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("edge-bge: error: ") and message in err, err
+    # serve: a bundle it cannot load is a configuration fault, exit 2 (an orchestrator need not retry)
+    assert main(["serve", str(tmp_path), "--no-warmup"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "edge_bge.json not found" in err, err
 
 
 def test_debug_shows_the_traceback_only_when_asked(tmp_path):
