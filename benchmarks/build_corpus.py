@@ -21,7 +21,7 @@ from tokenizers import Tokenizer
 
 OUT = Path(__file__).with_name("corpus.jsonl")
 # Export-time calibration texts (int8 sensitivity search, static QDQ): disjoint from the corpus.
-CALIBRATION = Path(__file__).parents[1] / "models" / "calibration" / "en.jsonl"
+CALIBRATION = Path(__file__).parents[1] / "export" / "edge_bge_export" / "data" / "calibration" / "en.jsonl"
 
 
 def docstrings(root: Path):

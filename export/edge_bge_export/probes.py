@@ -4,7 +4,8 @@ accents, CJK, emoji, code, and the empty string."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
+
+from .errors import ExportError
 
 _BASE = [
     "",
@@ -75,13 +76,14 @@ _PARAGRAPH = (
 
 
 def _calibration_texts() -> list[str]:
-    from .recipes import models_dir
+    from .recipes import data_file
 
-    path = Path(models_dir()) / "calibration" / "en.jsonl"
-    if not path.is_file():
-        return []
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line)["text"] for line in f if line.strip()]
+    path = data_file("calibration", "en.jsonl")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ExportError(f"the calibration texts {path} are missing: reinstall edge-bge-export") from None
+    return [json.loads(line)["text"] for line in lines if line.strip()]
 
 
 # Past this many tokens a probe only re-checks truncation and far positions, which the first long
@@ -104,5 +106,5 @@ def probe_texts(max_length: int) -> list[str]:
 
 
 def calibration_texts(max_length: int) -> list[str]:
-    """Probe texts plus the recipes' calibration set (models/calibration/): for int8 searches."""
+    """Probe texts plus the calibration set shipped in edge_bge_export/data/calibration/: for int8 searches."""
     return probe_texts(max_length) + _calibration_texts()

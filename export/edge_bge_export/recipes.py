@@ -1,13 +1,21 @@
-"""Recipes: one TOML per known model in ``models/``, read into a frozen dataclass.
+"""Recipes: one TOML per known model, read into a frozen dataclass.
 
 A recipe says where the checkpoint comes from and everything the export must not guess:
 architecture, kind, pooling, normalisation, max_length, dim, query instruction, parity gates.
+
+The built-in recipes ship inside this package (``edge_bge_export/data/recipes/*.toml``, read with
+importlib.resources, so an installed wheel has them). ``$EDGE_BGE_MODELS`` names a folder of the
+user's own recipes, added to the built-ins; one with a built-in's name replaces it (with a warning),
+so a site can pin another revision, tighten a gate or point ``package`` at its own weights.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field, replace
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +24,10 @@ import tomllib
 from edge_bge.manifest import Kind, Pooling, Precision, Target
 
 from .errors import ExportError
+
+log = logging.getLogger("edge_bge")
+
+USER_RECIPES_ENV = "EDGE_BGE_MODELS"
 
 # Default gates: cosine to the PyTorch reference over the probe set (int8: probes plus the
 # calibration texts). A recipe may only tighten.
@@ -29,12 +41,34 @@ DEFAULT_PARITY: dict[str, dict[str, float]] = {
 TENSORRT_INT8_PARITY = {"min": 0.99, "mean": 0.995}
 
 
-def models_dir() -> Path:
-    """``$EDGE_BGE_MODELS``, else the repository's ``models/`` beside this package."""
-    env = os.environ.get("EDGE_BGE_MODELS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "models"
+def data_file(*parts: str) -> Traversable:
+    """A file shipped in ``edge_bge_export/data/`` (recipes, calibration texts)."""
+    return resources.files("edge_bge_export").joinpath("data", *parts)
+
+
+def user_recipes_dir() -> Path | None:
+    """The folder ``$EDGE_BGE_MODELS`` names, or None when it is unset."""
+    value = os.environ.get(USER_RECIPES_ENV, "").strip()
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ExportError(f"{USER_RECIPES_ENV}={value!r} is not a directory (a folder of recipes, one NAME.toml each)")
+    return path
+
+
+def _builtin_recipes() -> dict[str, Traversable]:
+    return {f.name[: -len(".toml")]: f for f in data_file("recipes").iterdir() if f.name.endswith(".toml")}
+
+
+def _user_recipes() -> dict[str, Path]:
+    user = user_recipes_dir()
+    return {} if user is None else {p.stem: p for p in sorted(user.glob("*.toml")) if p.is_file()}
+
+
+def recipe_files() -> dict[str, Traversable]:
+    """Recipe name -> its TOML file: the built-ins, then ``$EDGE_BGE_MODELS`` (which wins on a name clash)."""
+    return {**_builtin_recipes(), **_user_recipes()}
 
 
 @dataclass(frozen=True)
@@ -103,16 +137,23 @@ def from_mapping(data: dict[str, Any], *, where: str) -> Recipe:
 
 
 def list_recipes() -> list[str]:
-    return sorted(p.stem for p in models_dir().glob("*.toml"))
+    return sorted(recipe_files())
+
+
+def is_recipe(name: str) -> bool:
+    return name in recipe_files()
 
 
 def load_recipe(name: str) -> Recipe:
-    path = models_dir() / f"{name}.toml"
-    if not path.is_file():
-        raise ExportError(f"unknown recipe {name!r}; known recipes: {', '.join(list_recipes()) or '(none)'}")
-    with path.open("rb") as f:
-        try:
-            data = tomllib.load(f)
-        except tomllib.TOMLDecodeError as e:
-            raise ExportError(f"{path}: {e}") from None
+    builtin, user = _builtin_recipes(), _user_recipes()
+    path = user.get(name) or builtin.get(name)
+    if path is None:
+        known = ", ".join(sorted({**builtin, **user})) or "(none)"
+        raise ExportError(f"unknown recipe {name!r}; known recipes: {known}")
+    if name in user and name in builtin:
+        log.warning("recipe %s: using %s from %s instead of the built-in one", name, path, USER_RECIPES_ENV)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ExportError(f"{path}: {e}") from None
     return from_mapping(data, where=str(path))

@@ -17,7 +17,7 @@ from edge_bge.manifest import Kind, Pooling
 
 from .errors import ExportError
 from .graph import SUPPORTED_ARCHITECTURES
-from .recipes import Recipe, list_recipes, load_recipe, models_dir
+from .recipes import Recipe, is_recipe, list_recipes, load_recipe
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -164,7 +164,7 @@ def download(repo_id: str, revision: str = "main") -> Path:
 def resolve(source: str, *, checkpoint: str | None = None, **overrides: Any) -> tuple[Recipe, Path]:
     """Find the recipe and the checkpoint directory for SOURCE."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    if (models_dir() / f"{source}.toml").is_file():
+    if is_recipe(source):
         recipe = load_recipe(source).with_overrides(**overrides)
         if checkpoint:
             path = Path(checkpoint)
