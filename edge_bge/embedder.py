@@ -45,6 +45,7 @@ class _Model:
         strict: bool = True,
         truncate: bool = True,
         verify: bool = True,
+        spin: bool = True,
     ) -> None:
         if max_batch_tokens is None:
             gpu = _providers.wants_gpu(providers)
@@ -68,6 +69,7 @@ class _Model:
             threads=threads,
             strict=strict,
             max_batch_tokens=max_batch_tokens,
+            spin=spin,  # ONNX Runtime's threads spin-wait for work (faster on idle cores); False: they sleep
         )
         self.session = opened.session
         self.manifest.check_session(self.session)  # names, types and dims against the loaded graph

@@ -45,6 +45,7 @@ __all__ = [
     "ShapeProfile",
     "build_engine",
     "bound_run",
+    "cpu_budget",
     "cuda_options",
     "default_cache_dir",
     "default_threads",
@@ -81,11 +82,125 @@ RunFn = Callable[[Sequence[str], Mapping[str, np.ndarray]], list[np.ndarray]]
 
 
 def default_threads() -> int:
-    """The cores this process may run on (respects taskset / cgroup cpusets)."""
+    """ONNX Runtime's intra-op threads when none are asked for: ``cpu_budget()``'s count."""
+    return cpu_budget()[0]
+
+
+def cpu_budget(*, root: str | os.PathLike[str] = "/", affinity: int | None = None) -> tuple[int, str]:
+    """The CPUs this process can use, and where that number comes from.
+
+    The smaller of the affinity mask (taskset, cgroup cpusets) and the cgroup CPU quota (``docker run
+    --cpus``, Kubernetes CPU limits), rounded down, at least 1. The source is "affinity", "cpu count"
+    (no affinity mask on this system), "cgroup v1 quota" or "cgroup v2 quota". ``root``: where
+    /proc/self/cgroup and /sys/fs/cgroup are found (tests point it at fake files); ``affinity``: the
+    mask's size (default: this process's). A cgroup file that cannot be read or parsed is logged
+    (debug) and ignored.
+    """
+    if affinity is None:
+        try:
+            affinity, source = len(os.sched_getaffinity(0)), "affinity"
+        except AttributeError:  # not Linux
+            affinity, source = os.cpu_count() or 1, "cpu count"
+    else:
+        source = "affinity"
+    count = max(1, affinity)
+    quota = _cgroup_quota(Path(root))
+    if quota is not None and int(quota[0]) < count:
+        count, source = max(1, int(quota[0])), quota[1]
+    return count, source
+
+
+def _cgroup_quota(root: Path) -> tuple[float, str] | None:
+    """The smallest CPU quota (in CPUs) on the process's cgroup path and its parents, and its version."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        lines = (root / "proc/self/cgroup").read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        log.debug("no cgroup CPU quota: cannot read /proc/self/cgroup (%s)", e)
+        return None
+    found: list[tuple[float, str]] = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "" and line.startswith("0::"):  # cgroup v2: one unified hierarchy
+            quota = _walk(root / "sys/fs/cgroup", path, _v2_quota)
+            version = "cgroup v2 quota"
+        elif "cpu" in controllers.split(","):  # cgroup v1: the cpu controller's hierarchy
+            mounts = [root / "sys/fs/cgroup" / controllers, root / "sys/fs/cgroup/cpu"]
+            mount = next((m for m in mounts if m.is_dir()), mounts[0])
+            quota = _walk(mount, path, _v1_quota)
+            version = "cgroup v1 quota"
+        else:
+            continue
+        if quota is not None:
+            found.append((quota, version))
+    return min(found) if found else None
+
+
+def _walk(mount: Path, path: str, read: Callable[[Path], float | None]) -> float | None:
+    """The smallest quota from the cgroup's directory up to the mount (a parent's limit binds its children).
+
+    Inside a container the mount is the container's own cgroup while /proc/self/cgroup may name the
+    host's path: directories that do not exist are skipped."""
+    parts = [p for p in path.strip().split("/") if p and p not in (".", "..")]
+    quotas = []
+    for depth in range(len(parts), -1, -1):
+        directory = mount.joinpath(*parts[:depth])
+        if directory.is_dir():
+            quota = read(directory)
+            if quota is not None:
+                quotas.append(quota)
+    return min(quotas) if quotas else None
+
+
+def _read_numbers(path: Path) -> list[str] | None:
+    try:
+        return path.read_text(encoding="ascii").split()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise _Unreadable(f"cannot read {path}: {e}") from None
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def _v2_quota(directory: Path) -> float | None:
+    """cpu.max: "<quota> <period>" in microseconds, or "max <period>" for no limit."""
+    return _quota(directory / "cpu.max", lambda: _read_numbers(directory / "cpu.max"))
+
+
+def _v1_quota(directory: Path) -> float | None:
+    """cpu.cfs_quota_us (-1: no limit) over cpu.cfs_period_us."""
+    quota = directory / "cpu.cfs_quota_us"
+
+    def fields() -> list[str] | None:
+        q = _read_numbers(quota)
+        if q is None or q == ["-1"]:
+            return q
+        period = _read_numbers(directory / "cpu.cfs_period_us")
+        if period is None:
+            raise ValueError("cpu.cfs_period_us is missing")
+        return q + period
+
+    return _quota(quota, fields)
+
+
+def _quota(path: Path, fields: Callable[[], list[str] | None]) -> float | None:
+    try:
+        values = fields()
+        if values is None:
+            return None
+        if values[:1] in (["max"], ["-1"]):  # no limit
+            return None
+        if len(values) != 2:
+            raise ValueError(f"expected a quota and a period, got {' '.join(values)!r}")
+        quota, period = int(values[0]), int(values[1])
+        if quota <= 0 or period <= 0:
+            raise ValueError(f"quota {quota} and period {period} must be positive")
+    except (_Unreadable, ValueError) as e:
+        log.debug("ignoring the cgroup CPU quota in %s: %s", path, e)
+        return None
+    return quota / period
 
 
 def resolve(requested: str | Sequence[ProviderSpec], available: Sequence[str]) -> list[ProviderSpec]:
@@ -494,6 +609,7 @@ def open_session(
     strict: bool = True,
     max_batch_tokens: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    spin: bool = True,
 ) -> Session:
     """One InferenceSession with explicit options; ProviderError if a requested provider did not load.
 
@@ -503,8 +619,10 @@ def open_session(
     uses IO binding. An option ``"fp16": True`` for TensorRT asks for fp16 kernels on any bundle.
     "auto" never fails for a provider that did not load (it warns and runs on the next one); with
     ``strict`` an explicitly requested provider that is absent or did not load is a ProviderError.
+    ``spin``: ONNX Runtime's intra-op threads spin-wait for more work when they run out (the next
+    operator starts sooner; the waiting burns CPU); False lets them sleep (benchmarks/spinning.py).
     """
-    return _open(model_path, manifest, providers, threads, strict, max_batch_tokens, cache_dir, None)
+    return _open(model_path, manifest, providers, threads, strict, max_batch_tokens, cache_dir, None, spin=spin)
 
 
 def _open(
@@ -516,6 +634,8 @@ def _open(
     max_batch_tokens: int | None,
     cache_dir: str | os.PathLike[str] | None,
     build: Mapping[str, Any] | None,  # build_engine's EP-context options for TensorRT
+    *,
+    spin: bool = True,
 ) -> Session:
     available = ort.get_available_providers()
     auto = isinstance(providers, str) and providers.lower() == "auto"
@@ -533,6 +653,7 @@ def _open(
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -570,7 +691,9 @@ def _open(
             message = f"ONNX Runtime could not create {what}: {failed} ({_reason(logged)})"
             if auto and len(chain) > 1 and build is None:  # "auto" goes on down its chain, saying why
                 log.warning("%s; trying %s", message, ", ".join(wanted[1:]))
-                rest = _open(model_path, manifest, chain[1:], threads, False, max_batch_tokens, cache_dir, None)
+                rest = _open(
+                    model_path, manifest, chain[1:], threads, False, max_batch_tokens, cache_dir, None, spin=spin
+                )
                 rest.providers.requested = wanted
                 return rest
             raise ProviderError(message) from failed

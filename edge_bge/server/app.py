@@ -18,10 +18,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .. import __version__
+from .. import __version__, providers
 from .config import ServerConfig
 from .errors import ApiError, JSONResponse, dialect_for, from_exception, render
 from .errors import Kind as E
+from .logs import RequestIdMiddleware, current, event
 from .metrics import CONTENT_TYPE
 from .models import Registry, Served
 from .service import Service
@@ -62,6 +63,7 @@ async def info(service: Service, request: Request) -> Any:
         if m.kind.value == "reranker"
         else {"embedding": {"pooling": m.pooling.value if m.pooling else None}}
     )
+    cpus, source = providers.cpu_budget()
     info = {
         "model_id": first.name,
         "model_dtype": m.precision.value,
@@ -73,6 +75,8 @@ async def info(service: Service, request: Request) -> Any:
         "auto_truncate": c.truncate,
         "version": __version__,
         "ready": service.is_ready,
+        # what ONNX Runtime's threads default to: the affinity mask or a smaller cgroup CPU quota
+        "cpus": {"usable": cpus, "source": source},
         "models": [s.describe() for s in service.served],
     }
     return JSONResponse(info)
@@ -114,15 +118,21 @@ def _endpoint(service: Service, route: Route) -> Callable[[Request], Awaitable[R
                 f"{service.config.drain_timeout:g} s); retry",
                 headers={"Retry-After": str(service.config.retry_after)},
             )
-            log.warning("%s %s: unfinished at the end of the drain, answered 503", route.method, route.path)
+            log.warning(
+                "%s %s: unfinished at the end of the drain, answered 503",
+                route.method,
+                route.path,
+                extra=event("drain", route=route.path),
+            )
         except Exception as exc:
             err = from_exception(exc)
             if err.kind is E.INTERNAL:
-                log.exception("%s %s failed", route.method, route.path)
+                log.exception("%s %s failed", route.method, route.path, extra=event("error", route=route.path))
             elif err.kind is E.CLIENT_CLOSED:  # a client fault: one line, no traceback
                 log.info("%s %s: %s", route.method, route.path, err.message)
         if err is not None:
             response = render(dialect, err)
+            _access_error(err)
         service.metrics.request(
             route.path, response.status_code, time.perf_counter() - t0, err.kind.value if err else None
         )
@@ -139,6 +149,12 @@ def _endpoint(service: Service, route: Route) -> Callable[[Request], Awaitable[R
 
     endpoint.__name__ = route.handler.__name__
     return endpoint
+
+
+def _access_error(err: ApiError) -> None:
+    access = current()
+    if access is not None:
+        access.error = err.kind.value
 
 
 def _uncancel() -> None:
@@ -184,6 +200,7 @@ class ApiKeyMiddleware:
         err = ApiError(E.UNAUTHORIZED, f"{message}: send the header 'Authorization: Bearer <key>'")
         route = scope["path"] if scope["path"] in self.paths else "unmatched"
         self.service.metrics.request(route, err.status, 0.0, err.kind.value)
+        _access_error(err)
         await render(dialect_for(scope["path"]), err)(scope, receive, send)
 
 
@@ -239,11 +256,12 @@ def create_app(
             message = str(exc.detail)
         err = ApiError(kind, message, headers=dict(exc.headers or {}))
         service.metrics.request("unmatched", err.status, 0.0, kind.value)
+        _access_error(err)
         return render(dialect_for(request.url.path), err)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s", request.url.path)
+        log.exception("unexpected error on %s", request.url.path, extra=event("error"))
         return render(dialect_for(request.url.path), from_exception(exc))
 
     if config.api_key is not None:
@@ -253,6 +271,9 @@ def create_app(
             CORSMiddleware,
             allow_origins=list(config.cors_origins),
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-Id"],
+            expose_headers=["X-Request-Id"],
         )
+    # outermost: every answer, a 401 or a CORS preflight too, carries its request id (and is logged)
+    app.add_middleware(RequestIdMiddleware, access_log=config.json_logs, log_texts=config.log_texts)
     return app

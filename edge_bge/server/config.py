@@ -67,6 +67,18 @@ class ServerConfig:
     # Seconds an idle connection is kept open between requests (at most header_timeout).
     keep_alive_timeout: float = 5.0
 
+    # Model names. OpenAI clients send a model name of their own ("text-embedding-3-small"): a name
+    # that no bundle is served under still gets the one bundle that can answer the route, as TEI does.
+    # True answers 404 instead. With several bundles able to answer, an unknown name is always a 404.
+    strict_model_names: bool = False
+
+    # Logs. True: one JSON object per line on stderr: an access line per request (request id, route,
+    # status, model, texts, tokens, ms) and the events (startup, warm-up, drain, errors).
+    json_logs: bool = False
+    # The request's texts in the JSON access lines. Off by default: texts are users' data, and logs
+    # are kept, shipped and read by more people than the texts were meant for.
+    log_texts: bool = False
+
     def __post_init__(self) -> None:
         positive = {
             "port": self.port,
@@ -100,5 +112,7 @@ class ServerConfig:
                 f"keep_alive_timeout ({self.keep_alive_timeout:g} s) must not exceed header_timeout "
                 f"({self.header_timeout:g} s): an idle connection must send its next request within header_timeout"
             )
+        if self.log_texts and not self.json_logs:
+            raise InputError("log_texts puts texts in the JSON access lines: it needs json_logs")
         if self.api_key is not None and not self.api_key:
             raise InputError("the API key is empty")

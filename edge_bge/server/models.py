@@ -35,11 +35,14 @@ def load_model(
     threads: int | None = None,
     max_batch_tokens: int | None = None,
     verify: bool = True,
+    spin: bool = True,
 ) -> Any:
     """An Embedder (embedding, m3) or Reranker (reranker) for a bundle directory.
 
     ``verify=False`` skips the sha256 check of the bundle's files against its manifest (faster start;
-    only for bundles whose integrity is checked some other way).
+    only for bundles whose integrity is checked some other way). ``spin=False``: ONNX Runtime's threads
+    sleep when they run out of work instead of spin-waiting for more (``serve``'s default: less CPU per
+    request between requests, and no CPU taken from other processes on a shared host).
     """
     manifest = Manifest.load(path)
     options: dict[str, Any] = {
@@ -47,6 +50,7 @@ def load_model(
         "threads": threads,
         "max_batch_tokens": max_batch_tokens,
         "verify": verify,
+        "spin": spin,
     }
     if manifest.kind is Kind.RERANKER:
         return Reranker(path, **options)
@@ -54,7 +58,8 @@ def load_model(
 
 
 class Served:
-    """One loaded bundle under a name, with its batcher once the server starts."""
+    """One loaded bundle under a name (``name``: an alias, e.g. from --served-model-name; default the
+    manifest's name), with its batcher once the server starts."""
 
     def __init__(self, model: Any, *, name: str | None = None) -> None:
         self.model = model
@@ -96,6 +101,19 @@ class Served:
         items = [(text, text)] * rows if pairs else [text] * rows
         self.run(op, self.tokenize(items, param="warm-up", truncate=True, pairs=pairs))
 
+    @property
+    def session_threads(self) -> tuple[int | None, bool | None]:
+        """The ONNX Runtime session's intra-op threads and whether they spin (None where unknown)."""
+        session = getattr(self.model, "session", None)
+        if session is None:
+            return None, None
+        options = session.get_session_options()
+        try:
+            spinning = options.get_session_config_entry("session.intra_op.allow_spinning") != "0"
+        except RuntimeError:  # not set: ONNX Runtime's default, spinning
+            spinning = True
+        return options.intra_op_num_threads or None, spinning
+
     def describe(self) -> dict[str, Any]:
         """The bundle as /info shows it: no local paths (the manifest's source.checkpoint is the build
         machine's directory; a source id that is a path becomes its last name), no probe texts."""
@@ -110,8 +128,10 @@ class Served:
             if value is not None:
                 source[key] = value
         parity = {k: m.parity[k] for k in ("reference", "probe_texts", "gate", "summary") if k in m.parity}
+        threads, spinning = self.session_threads
         return {
             "name": self.name,
+            "bundle_name": m.name,
             "kind": m.kind.value,
             "architecture": m.architecture,
             "precision": m.precision.value,
@@ -122,6 +142,8 @@ class Served:
             "normalize": m.normalize,
             "query_instruction": m.query_instruction,
             "providers": list(getattr(self.model, "providers", [])),
+            "threads": threads,
+            "spinning": spinning,
             "parity": parity,
             "source": source,
             "files": dict(m.files),  # sha256 of each file
@@ -129,28 +151,43 @@ class Served:
 
 
 class Registry:
-    """The served bundles by name; picks the one a request names, or the first that can do the op."""
+    """The served bundles by name; picks the one a request names, or the first that can do the op.
+
+    A request may name a bundle by its served name or, where that is unambiguous, its manifest name.
+    A name served by no bundle still gets the one bundle that can do the operation, when there is
+    exactly one (as text-embeddings-inference does: OpenAI clients send model names of their own,
+    such as "text-embedding-3-small"); ``strict`` answers 404 instead (``Service`` sets it from
+    ``ServerConfig.strict_model_names``). With several such bundles the 404 lists the served names.
+    """
 
     def __init__(self, served: Sequence[Served]) -> None:
         if not served:
             raise InputError("serve at least one bundle")
         self.served = list(served)
+        self.strict = False
         self.by_name: dict[str, Served] = {}
         for s in self.served:
             if s.name in self.by_name:
-                raise InputError(f"two bundles are named {s.name!r}; serve them from different processes")
+                raise InputError(f"two bundles are named {s.name!r}; serve them under different names")
             self.by_name[s.name] = s
+        bundle_names = [s.manifest.name for s in self.served]
+        for s in self.served:  # manifest names as second names, where they point at one bundle
+            if s.manifest.name not in self.by_name and bundle_names.count(s.manifest.name) == 1:
+                self.by_name[s.manifest.name] = s
 
     def _loaded(self) -> str:
         return ", ".join(f"{s.name!r} ({s.kind.value})" for s in self.served)
 
     def pick(self, op: str | None, name: Any, *, route: str) -> Served:
         """The bundle for ``op`` (None: any), or an ApiError saying why there is none."""
+        able = [s for s in self.served if op is None or op in s.ops]
         if name is not None:
             if not isinstance(name, str):
                 raise ApiError(E.VALIDATION, f"'model' must be a string, got {type(name).__name__}", param="model")
             served = self.by_name.get(name)
             if served is None:
+                if len(able) == 1 and not self.strict:
+                    return able[0]
                 raise ApiError(
                     E.NOT_FOUND, f"model {name!r} is not served here; served: {self._loaded()}", param="model"
                 )
@@ -161,9 +198,8 @@ class Registry:
                     param="model",
                 )
             return served
-        for served in self.served:
-            if op is None or op in served.ops:
-                return served
+        if able:
+            return able[0]
         raise ApiError(
             E.UNSUPPORTED,
             f"{route} needs {_NEEDS[op]} bundle, and the loaded bundles do not support it: {self._loaded()}",

@@ -35,9 +35,11 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from .. import providers
 from .app import create_app
 from .config import ServerConfig
 from .errors import ApiError, Dialect, JSONResponse, Kind, body
+from .logs import event, use_json_logs
 from .metrics import Metrics
 from .models import Registry, Served
 from .service import Service
@@ -61,6 +63,13 @@ class DrainingServer(uvicorn.Server):
         self.service = service
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.service.draining:
+            log.info(
+                "%s: draining (up to %g s for requests in flight)",
+                signal.Signals(sig).name,
+                self.service.config.drain_timeout,
+                extra=event("drain", signal=signal.Signals(sig).name, drain_timeout=self.service.config.drain_timeout),
+            )
         self.service.draining = True  # /ready and new requests answer 503 from now on
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True  # a second Ctrl-C: stop waiting for in-flight requests
@@ -244,7 +253,9 @@ def build_server(service: Service, *, log_level: str = "warning") -> DrainingSer
         timeout_graceful_shutdown=config.drain_timeout,  # type: ignore[arg-type]
         limit_concurrency=None,  # counted per connection above, with a JSON answer instead of a text one
         server_header=False,
-        access_log=log_level != "warning",
+        # JSON logs: the app writes the access lines, and uvicorn's loggers keep the JSON handler
+        access_log=log_level != "warning" and not config.json_logs,
+        log_config=None if config.json_logs else uvicorn.config.LOGGING_CONFIG,
     )
     server = DrainingServer(uv, service)
     service.metrics.gauge(
@@ -265,11 +276,39 @@ def _is_loopback(host: str) -> bool:
 
 
 def serve(models: Sequence[Served], config: ServerConfig, *, log_level: str = "warning") -> None:
-    """Serve ``models`` on config.host:config.port until SIGTERM or SIGINT."""
+    """Serve ``models`` on config.host:config.port until SIGTERM or SIGINT.
+
+    With ``config.json_logs`` the whole process logs JSON lines on stderr (``logs.use_json_logs``)."""
+    if config.json_logs:
+        use_json_logs(debug=log_level == "debug")
     if not _is_loopback(config.host) and config.api_key is None:
-        log.warning("serving on %s without an API key: anyone who can reach it can use it", config.host)
+        log.warning(
+            "serving on %s without an API key: anyone who can reach it can use it", config.host, extra=event("startup")
+        )
     raise_fd_limit()
     server = build_server(Service(Registry(models), config), log_level=log_level)
+    cpus, source = providers.cpu_budget()
+    threads = {s.name: s.session_threads for s in models}
+    log.info(
+        "CPUs usable: %d (%s); ONNX Runtime intra-op threads: %s",
+        cpus,
+        source,
+        ", ".join(f"{name} {n} ({'spinning' if spin else 'not spinning'})" for name, (n, spin) in threads.items()),
+        extra=event(
+            "startup",
+            cpus=cpus,
+            cpus_source=source,
+            threads={name: n for name, (n, _) in threads.items()},
+            spinning={name: spin for name, (_, spin) in threads.items()},
+        ),
+    )
     names = ", ".join(f"{s.name} ({s.kind.value})" for s in models)
-    log.warning("serving %s on http://%s:%d", names, config.host, config.port)
+    log.warning(
+        "serving %s on http://%s:%d",
+        names,
+        config.host,
+        config.port,
+        extra=event("startup", models=[s.name for s in models], host=config.host, port=config.port),
+    )
     server.run()
+    log.info("stopped", extra=event("drain", done=True))

@@ -19,6 +19,7 @@ from .batcher import Batcher, QueueFull, Stopped
 from .config import ServerConfig
 from .errors import ApiError, from_exception
 from .errors import Kind as E
+from .logs import current, event
 from .memory import Trimmer
 from .metrics import Metrics
 from .models import Registry, Served
@@ -44,6 +45,7 @@ class Service:
 
     def __init__(self, registry: Registry, config: ServerConfig, metrics: Metrics | None = None) -> None:
         self.registry, self.config = registry, config
+        registry.strict = config.strict_model_names
         self.metrics = metrics or Metrics()
         self.trimmer = Trimmer()  # gives memory back after large requests
         self.started = time.time()
@@ -107,10 +109,17 @@ class Service:
                 )
             except Exception as e:  # reported by /ready; the server stays unready
                 self.warmup_error = f"warm-up of {served.name!r} failed: {e}"
-                log.error("%s", self.warmup_error)
+                log.error("%s", self.warmup_error, extra=event("warmup", model=served.name, ok=False))
                 return
-            log.info("warmed up %s in %.2f s", served.name, time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
+            log.info(
+                "warmed up %s in %.2f s",
+                served.name,
+                seconds,
+                extra=event("warmup", model=served.name, s=round(seconds, 3)),
+            )
         self.ready = True
+        log.info("ready", extra=event("ready"))
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         if self._warm_thread is not None:
@@ -140,6 +149,11 @@ class Service:
     ) -> list[Encoded]:
         """Token ids per input, made once per request (off the event loop); 413 for an over-long input
         when ``truncate`` is false."""
+        access = current()
+        if access is not None:  # for the access line
+            access.model, access.texts = served.name, len(items)
+            if self.config.log_texts:
+                access.inputs = list(items)
         return await asyncio.to_thread(served.tokenize, items, param=param, truncate=truncate, pairs=pairs)
 
     async def submit(self, request: Request, served: Served, op: str, encoded: list[Encoded]) -> Any:
@@ -148,8 +162,12 @@ class Service:
         No readiness check here: the route checked it when the request arrived (see check_ready).
         """
         batcher = self._batcher(served)
+        tokens = sum(len(e) for e in encoded)
+        access = current()
+        if access is not None:
+            access.tokens = tokens
         try:
-            job = batcher.submit(op, encoded, sum(len(e) for e in encoded))
+            job = batcher.submit(op, encoded, tokens)
         except Stopped as e:
             raise ApiError(E.UNAVAILABLE, str(e), headers={"Retry-After": str(self.config.retry_after)}) from None
         except QueueFull as e:
