@@ -1,4 +1,4 @@
-"""The ``edge-bge`` command line: export, embed, rerank, info, bench, serve.
+"""The ``edge-bge`` command line: export, embed, rerank, info, bench, serve, pack, verify.
 
 Exit codes: 0 ok, 1 error (one line on stderr; ``--debug`` shows the traceback), 2 usage error.
 """
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .bulk import BulkError
 from .errors import EdgeBGEError, InputError, ManifestError, ModelFilesError
 
 log = logging.getLogger("edge_bge")
@@ -115,9 +116,54 @@ def _json_lines(rows: Sequence[dict[str, Any]], path: str | None) -> None:
             out.close()
 
 
+def _bulk(args: argparse.Namespace) -> int:
+    from .bulk import embed_files
+
+    if args.texts:
+        raise UsageError("with --out, give inputs with --input, not as arguments")
+    if not args.input:
+        raise UsageError("--out needs --input FILE... (files or globs)")
+    if args.output:
+        raise UsageError("give --out DIR (bulk) or --output FILE, not both")
+    embed_files(
+        args.bundle,
+        args.input,
+        args.out,
+        field=args.field,
+        id_field=args.id_field,
+        sparse=args.sparse,
+        colbert=args.colbert,
+        queries=args.queries,
+        skip_bad=args.skip_bad,
+        overwrite=args.overwrite,
+        part_rows=args.part_rows,
+        providers=args.providers,
+        threads=args.threads,
+        max_batch_tokens=args.batch_tokens,
+        verify=not args.no_verify,
+        ray=args.ray,
+        actors=args.actors,
+        log=lambda line: print(line, file=sys.stderr),
+    )
+    return 0
+
+
 def _embed(args: argparse.Namespace) -> int:
     from .embedder import Embedder
 
+    if args.out is not None:
+        return _bulk(args)
+    bulk_only = [
+        f"--{n.replace('_', '-')}"
+        for n in ("id_field", "sparse", "colbert", "skip_bad", "ray", "actors")
+        if getattr(args, n)
+    ]
+    if bulk_only:
+        raise UsageError(f"{', '.join(bulk_only)} need --out DIR")
+    if args.input is not None:
+        if len(args.input) > 1:
+            raise UsageError("several --input files need --out DIR (bulk mode)")
+        args.input = args.input[0]
     kind = _output_kind(args.output)
     texts, records = _read_texts(args, args.texts)
     if not texts:
@@ -147,14 +193,22 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_model(bundle: str, **options: Any) -> Any:
+    """An Embedder or Reranker by the bundle's kind; not through edge_bge.server, which needs the server extra."""
+    from .embedder import Embedder
+    from .manifest import Kind, Manifest
+    from .reranker import Reranker
+
+    return (Reranker if Manifest.load(bundle).kind is Kind.RERANKER else Embedder)(bundle, **options)
+
+
 def _load_reranker(bundle: str, args: argparse.Namespace) -> Any:
     from .manifest import Kind, Manifest
-    from .server.models import load_model
 
     kind = Manifest.load(bundle).kind
     if kind is not Kind.RERANKER:
         raise EdgeBGEError(f"{bundle} is a bundle of kind {kind.value!r}; rerank needs one of kind 'reranker'")
-    return load_model(
+    return _load_model(
         bundle,
         providers=args.providers,
         threads=args.threads,
@@ -187,9 +241,7 @@ def _info(args: argparse.Namespace) -> int:
     manifest = Manifest.load(args.bundle)
     providers: dict[str, Any] = {"available": ort.get_available_providers(), "asked": args.providers}
     if not args.no_load:
-        from .server.models import load_model
-
-        model = load_model(args.bundle, providers=args.providers, threads=args.threads)
+        model = _load_model(args.bundle, providers=args.providers, threads=args.threads)
         providers["requested"] = list(getattr(model.providers, "requested", []))
         providers["chosen"] = list(model.providers)
     if args.json:
@@ -263,12 +315,11 @@ def _percentile(values: Sequence[float], q: float) -> float:
 
 def _bench(args: argparse.Namespace) -> int:
     from .manifest import Kind, Manifest
-    from .server.models import load_model
 
     if args.texts < 1 or args.repeat < 1 or args.latency_samples < 1:
         raise UsageError("--texts, --repeat and --latency-samples must be at least 1")
     kind = Manifest.load(args.bundle).kind
-    model = load_model(
+    model = _load_model(
         args.bundle,
         providers=args.providers,
         threads=args.threads,
@@ -325,25 +376,103 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 # ---- serve -------------------------------------------------------------------------------------
-def _api_key(args: argparse.Namespace) -> str | None:
-    if args.api_key_file:
+# Every `serve` flag can also be set by EDGE_BGE_<FLAG> (--max-queue: EDGE_BGE_MAX_QUEUE), the way
+# containers are configured. A flag given on the command line wins; an empty variable is unset.
+_ENV_PREFIX = "EDGE_BGE_"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _env_flags(parser: argparse.ArgumentParser) -> None:
+    """Give each long flag of ``parser`` its variable EDGE_BGE_<FLAG>, shown beside it in --help.
+
+    The flags' defaults move into a table that ``_flags_from_env`` reads after parsing: a flag not
+    given is absent from the parsed arguments until then, which is how a flag given wins."""
+    table = []
+    for action in parser._actions:
+        flag = next((o for o in action.option_strings if o.startswith("--")), None)
+        if flag is None or action.dest in ("help", "debug"):
+            continue
+        var = _ENV_PREFIX + flag[2:].upper().replace("-", "_")
+        action.help = f"{(action.help or '').replace('%(default)s', str(action.default))} [${var}]".lstrip()
+        table.append((var, flag, action, action.default))
+        action.default = argparse.SUPPRESS
+    parser.set_defaults(env_flags=table)
+
+
+def _env_value(var: str, flag: str, action: argparse.Action, raw: str) -> Any:
+    value = raw.strip()
+    if action.nargs == 0:  # a switch: --json-logs, --truncate/--no-truncate
+        if value.lower() in _TRUE + _FALSE:
+            return value.lower() in _TRUE
+        expected = "1/0, true/false or yes/no"
+    else:
+        convert = action.type if callable(action.type) else str
+        many = isinstance(action, argparse._AppendAction)
+        items = [v.strip() for v in value.split(",") if v.strip()] if many else [value]
         try:
-            key = Path(args.api_key_file).read_text(encoding="utf-8").strip()
+            out = [convert(v) for v in items]
+        except (ValueError, TypeError, argparse.ArgumentTypeError):
+            out = None
+        if out is not None and (not action.choices or all(v in action.choices for v in out)):
+            return out if many else out[0]
+        expected = {int: "an integer", float: "a number"}.get(convert, "a value")  # type: ignore[call-overload]
+        if action.choices:
+            expected = "one of " + ", ".join(map(str, action.choices))
+        if many:
+            expected = f"a comma-separated list of {expected}s"
+    raise UsageError(f"{var}={raw!r} is not valid: expected {expected}, as for {flag}")
+
+
+def _flags_from_env(args: argparse.Namespace, environ: Any = None) -> dict[str, str]:
+    """Set each flag not given: from its EDGE_BGE_ variable when that is set, else the flag's default.
+
+    Returns {dest: variable} for the values that came from the environment (once done, the same again).
+    A variable whose value the flag would refuse is a UsageError naming the variable and the value."""
+    done: dict[str, str] | None = getattr(args, "from_env", None)
+    if done is not None:
+        return done
+    environ = os.environ if environ is None else environ
+    from_env: dict[str, str] = {}
+    for var, flag, action, default in getattr(args, "env_flags", ()):
+        if hasattr(args, action.dest):  # given on the command line
+            continue
+        raw = environ.get(var, "")
+        if not raw.strip():
+            setattr(args, action.dest, default)
+            continue
+        setattr(args, action.dest, _env_value(var, flag, action, raw))
+        from_env[action.dest] = var
+    args.from_env = from_env
+    return from_env
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    """--api-key-file, --api-key, then EDGE_BGE_API_KEY_FILE, EDGE_BGE_API_KEY; None: no key."""
+    from_env = _flags_from_env(args)
+    path, given = args.api_key_file, args.api_key
+    if given is not None and "api_key" not in from_env and "api_key_file" in from_env:
+        path = None  # the --api-key flag wins over the file's variable
+    if path:
+        name = from_env.get("api_key_file", "--api-key-file")
+        try:
+            key = Path(path).read_text(encoding="utf-8").strip()
         except UnicodeDecodeError:
-            raise UsageError(f"--api-key-file {args.api_key_file} is not UTF-8 text") from None
+            raise UsageError(f"{name} {path} is not UTF-8 text") from None
         if not key:
-            raise UsageError(f"--api-key-file {args.api_key_file} is empty")
+            raise UsageError(f"{name} {path} is empty")
         return key
-    if args.api_key is not None:
-        if not args.api_key.strip():
-            raise UsageError("--api-key is empty")
-        return args.api_key.strip()
-    return os.environ.get("EDGE_BGE_API_KEY") or None
+    if given is not None:
+        if not given.strip():
+            raise UsageError(f"{from_env.get('api_key', '--api-key')} is empty")
+        return str(given).strip()
+    return None
 
 
 def _serve(args: argparse.Namespace) -> int:
+    _flags_from_env(args)
     try:
         from .server import Served, ServerConfig, load_model, serve
+        from .server.logs import use_json_logs
     except ImportError as e:
         raise EdgeBGEError(
             f"serve needs the server extra ({e.name} is missing): pip install 'edge-bge[server]'"
@@ -351,6 +480,13 @@ def _serve(args: argparse.Namespace) -> int:
     from .embedder import DEFAULT_MAX_BATCH_TOKENS, GPU_MAX_BATCH_TOKENS
     from .providers import wants_gpu
 
+    names = args.served_model_name or []
+    if names and len(names) != len(args.bundles):
+        raise UsageError(
+            f"give one --served-model-name per bundle, in bundle order ({len(args.bundles)} bundles, {len(names)} names)"
+        )
+    if len(set(names)) != len(names):
+        raise UsageError(f"--served-model-name: each name once, got {', '.join(names)}")
     if args.batch_tokens is None:
         args.batch_tokens = GPU_MAX_BATCH_TOKENS if wants_gpu(args.providers) else DEFAULT_MAX_BATCH_TOKENS
     try:
@@ -374,18 +510,57 @@ def _serve(args: argparse.Namespace) -> int:
             max_connections=args.max_connections,
             header_timeout=args.header_timeout,
             keep_alive_timeout=args.keep_alive_timeout,
+            strict_model_names=args.strict_model_names,
+            json_logs=args.json_logs,
+            log_texts=args.log_texts,
         )
     except InputError as e:
         raise UsageError(str(e)) from None
+    if config.json_logs:  # from here on: what the bundles' loading logs is JSON too
+        use_json_logs(debug=args.debug)
     options = {
         "providers": args.providers,
         "threads": args.threads,
         "max_batch_tokens": args.batch_tokens,
         "verify": not args.no_verify,
+        "spin": args.spin,
     }
-    served = [Served(load_model(bundle, **options)) for bundle in args.bundles]
+    served = [
+        Served(load_model(bundle, **options), name=names[i] if names else None) for i, bundle in enumerate(args.bundles)
+    ]
     serve(served, config, log_level="info" if args.debug else "warning")
     return 0
+
+
+# ---- pack, verify (air-gapped kits) ------------------------------------------------------------
+def _pack(args: argparse.Namespace) -> int:
+    from . import kit
+    from .manifest import sha256_file
+
+    try:
+        target = kit.Target.parse(python=args.python, platform=args.platform, extras=args.extras)
+        out = kit.pack(args.bundles, out=args.out, target=target, report=lambda line: print(line, file=sys.stderr))
+    except InputError as e:  # kit's argument faults
+        raise UsageError(str(e)) from None
+    sums = sha256_file(out / kit.SUMS)
+    print(f"{out}: kit for {target.describe()}; install with: bash {out / kit.INSTALL}")
+    print(f"{kit.SUMS} sha256 {sums} (compare it on the target machine)")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from . import kit
+
+    failed = 0
+    for bundle in args.bundles:
+        try:
+            print(kit.verify_bundle(bundle), flush=True)
+        except (EdgeBGEError, OSError) as e:
+            if args.debug:
+                raise
+            print(f"edge-bge: error: {bundle}: {e}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
 
 
 # ---- parser ------------------------------------------------------------------------------------
@@ -406,8 +581,18 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _input_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-i", "--input", metavar="FILE", help=".txt (one text per line) or .jsonl; '-' for stdin")
+def _input_options(p: argparse.ArgumentParser, *, many: bool = False) -> None:
+    if many:
+        p.add_argument(
+            "-i",
+            "--input",
+            metavar="FILE",
+            nargs="+",
+            action="extend",
+            help=".txt (one text per line) or .jsonl; '-' for stdin; with --out: many files and globs, .parquet too",
+        )
+    else:
+        p.add_argument("-i", "--input", metavar="FILE", help=".txt (one text per line) or .jsonl; '-' for stdin")
     p.add_argument("--field", default="text", help="the text field of each .jsonl object (default: text)")
 
 
@@ -420,7 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     e = sub.add_parser("export", parents=[common], help="turn a checkpoint into a verified bundle (edge-bge-export)")
-    e.add_argument("source", help="recipe name (models/*.toml), local checkpoint directory, or hub id")
+    e.add_argument(
+        "source", help="recipe name (built in, or $EDGE_BGE_MODELS/NAME.toml), local checkpoint directory, or hub id"
+    )
     e.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
     e.add_argument("--target", choices=["cpu", "tensorrt"], default="cpu")
     e.add_argument("--out", required=True, help="bundle directory to write")
@@ -442,9 +629,21 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("embed", parents=[common], help="embed texts; JSON lines on stdout, or .npy / .jsonl")
     m.add_argument("bundle")
     m.add_argument("texts", nargs="*", metavar="TEXT")
-    _input_options(m)
+    _input_options(m, many=True)
     m.add_argument("-o", "--output", metavar="FILE", help=".npy (float32 [n, dim]) or .jsonl (default: stdout)")
     m.add_argument("--queries", action="store_true", help="prepend the bundle's query instruction")
+    bulk = m.add_argument_group("bulk (with --out DIR: Parquet parts, resumable; see README 'Bulk embedding')")
+    bulk.add_argument("--out", metavar="DIR", help="write Parquet parts and bulk.json here; a rerun resumes")
+    bulk.add_argument("--id-field", help="the id field/column of each row (default: the line or row number)")
+    bulk.add_argument("--sparse", action="store_true", help="add bge-m3 lexical weights (sparse_indices/values)")
+    bulk.add_argument("--colbert", action="store_true", help="add bge-m3 ColBERT vectors")
+    bulk.add_argument("--skip-bad", action="store_true", help="set bad rows aside in DIR/rejects.jsonl")
+    bulk.add_argument("--overwrite", action="store_true", help="replace the output of another job in DIR")
+    bulk.add_argument("--part-rows", type=int, default=10_000, help="input rows per part (default 10000)")
+    bulk.add_argument(
+        "--ray", nargs="?", const=True, metavar="ADDRESS", help="run on Ray Data (a cluster address, or a local Ray)"
+    )
+    bulk.add_argument("--actors", type=int, help="Ray actors (default: the cluster's CPUs / --threads)")
     _model_options(m)
     m.set_defaults(func=_embed)
 
@@ -475,10 +674,16 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(b)
     b.set_defaults(func=_bench)
 
-    s = sub.add_parser("serve", parents=[common], help="HTTP server: OpenAI, TEI and Cohere/Jina routes")
+    s = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="HTTP server: OpenAI, TEI and Cohere/Jina routes",
+        epilog="Each flag can also be set by the environment variable shown beside it, [$EDGE_BGE_...] (booleans: "
+        "1/0, true/false, yes/no; lists: comma-separated). A flag given on the command line wins.",
+    )
     s.add_argument("bundles", nargs="+", metavar="BUNDLE")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
     key = s.add_mutually_exclusive_group()
     key.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (visible in ps: prefer the file)")
     key.add_argument("--api-key-file", metavar="FILE", help="read the API key from FILE")
@@ -506,7 +711,32 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept a POST without Content-Type as JSON (it lets browsers skip the CORS preflight)",
     )
+    s.add_argument(
+        "--served-model-name",
+        action="append",
+        metavar="NAME",
+        help="serve a bundle under NAME (repeat: one per bundle, in bundle order; default: the manifest's name)",
+    )
+    s.add_argument(
+        "--strict-model-names",
+        action="store_true",
+        help="404 for a 'model' not served here, even when one bundle could answer (default: that bundle answers)",
+    )
+    s.add_argument(
+        "--spin",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="ONNX Runtime threads spin-wait for work: ~5%% faster on cores of its own, more CPU per request, "
+        "slower on a shared host (off; see benchmarks/spinning.py)",
+    )
+    s.add_argument(
+        "--json-logs",
+        action="store_true",
+        help="one JSON object per log line: access lines (request id, route, status, texts, tokens, ms) and events",
+    )
+    s.add_argument("--log-texts", action="store_true", help="put request texts in the JSON access lines (off)")
     _model_options(s)
+    _env_flags(s)
     s.set_defaults(func=_serve)
 
     g = sub.add_parser("build-engine", parents=[common], help="pre-build a TensorRT engine (EP-context model)")
@@ -517,6 +747,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cache-dir", help="engine cache (default $EDGE_BGE_CACHE_DIR or ~/.cache/edge-bge)")
     g.add_argument("--force", action="store_true", help="rebuild an engine that exists")
     g.set_defaults(func=_build_engine)
+
+    k = sub.add_parser("pack", parents=[common], help="an air-gapped kit: runtime wheels, bundles, install.sh")
+    k.add_argument("bundles", nargs="+", metavar="BUNDLE")
+    k.add_argument("--out", required=True, metavar="KIT", help="the kit folder to write (must not exist)")
+    k.add_argument("--python", metavar="3.N", help="the target's Python (default: this one's)")
+    k.add_argument("--platform", help="the target's wheel platform, e.g. manylinux_2_28_x86_64 (default: this machine)")
+    k.add_argument("--extras", metavar="E[,E]", help="runtime extras to include, e.g. server or server,gpu")
+    k.set_defaults(func=_pack)
+
+    v = sub.add_parser("verify", parents=[common], help="re-check bundles: manifest, sha256 of each file, graph")
+    v.add_argument("bundles", nargs="+", metavar="BUNDLE")
+    v.set_defaults(func=_verify)
     return p
 
 
@@ -549,6 +791,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"edge-bge: error: {e}", file=sys.stderr)
         # serve: a bundle that cannot be loaded is a configuration fault that no restart mends
         return 2 if args.command == "serve" else 1
+    except BulkError as e:  # a bulk job that cannot start as asked (inputs, bundle, output of another job)
+        if args.debug:
+            raise
+        print(f"edge-bge: error: {e}", file=sys.stderr)
+        return 2
     except Exception as e:
         if args.debug:
             raise
