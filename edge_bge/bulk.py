@@ -390,16 +390,6 @@ def split_rows(part: Part, rows: list[Row], skip_bad: bool) -> tuple[list[Row], 
     return ([r for r in rows if r.reason is None] if bad else rows), bad
 
 
-def _progress(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="row", desc="embedding", smoothing=0.1)
-
-
 Embed = Callable[[list[str]], dict[str, Any]]
 
 
@@ -502,7 +492,9 @@ def embed_files(
     t0 = time.perf_counter()
     scans = [scan(p, part_rows) for p in files]
     total = sum(rows for rows, _ in scans)
-    bar = _progress(total, sys.stderr.isatty() if progress is None else progress)
+    from .embedder import progress_bar
+
+    bar = progress_bar(total, sys.stderr.isatty() if progress is None else progress, unit="row", smoothing=0.1)
     parts = plan_parts(files, scans, part_rows)
     todo = []
     for part in parts:

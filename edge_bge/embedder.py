@@ -113,15 +113,16 @@ class _Model:
         return f"{type(self).__name__}({m.name!r}, {m.precision.value}, {m.target.value}, providers={self.providers})"
 
 
-def _progress(total: int, enabled: bool) -> Any:
+def progress_bar(total: int, enabled: bool, *, unit: str = "text", **options: Any) -> Any:
+    """A tqdm bar, or None when not enabled or tqdm is missing (then said once in the log)."""
     if not enabled:
         return None
     try:
         from tqdm import tqdm
     except ImportError:
-        log.warning("show_progress needs tqdm: pip install tqdm")
+        log.warning("a progress bar needs tqdm: pip install tqdm")
         return None
-    return tqdm(total=total, unit="text", desc="embedding")
+    return tqdm(total=total, unit=unit, desc="embedding", **options)
 
 
 class Embedder(_Model):
@@ -176,7 +177,7 @@ class Embedder(_Model):
         texts = as_sequence(texts)
         check_texts(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        bar = _progress(len(texts), show_progress and len(texts) > 0)
+        bar = progress_bar(len(texts), show_progress and len(texts) > 0)
         try:
             for start, encoded in self._chunks(texts, self.tokenize):
                 for index, vectors in self._dense(encoded):

@@ -40,7 +40,7 @@ GROUP = 256
 CHARS_PER_TOKEN = 8
 
 _SAFE_NORMALIZERS = {"BertNormalizer", "NFC", "NFD", "NFKC", "NFKD", "Lowercase", "StripAccents", "Strip"}
-_SAFE_NORMALIZERS |= {"Prepend", "Precompiled", "Replace", "Sequence"}
+_SAFE_NORMALIZERS |= {"Prepend", "Precompiled"}  # Replace and Sequence are looked into
 _SPACE_SPLITTERS = {"BertPreTokenizer", "Whitespace", "WhitespaceSplit", "Metaspace", "ByteLevel"}
 
 

@@ -3,15 +3,11 @@ served model names, JSON logs."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
 import os
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -26,7 +22,7 @@ from edge_bge import providers as P
 from edge_bge.cli import _flags_from_env, build_parser, main
 from edge_bge.server import Registry, Served, ServerConfig
 
-from .test_server import cos, free_port, running, wait_ready
+from .test_server import cos, running, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -360,22 +356,10 @@ def test_served_model_names_need_one_per_bundle(captured, tiny_fp32, minilm_fp32
 SECRET = "zebra-quokka-7731 confidential"
 
 
-@contextlib.contextmanager
-def json_server(bundle: Path, tmp: Path, *args: str) -> Iterator[SimpleNamespace]:
-    port = free_port()
-    log_path = tmp / f"serve-{port}.log"
-    cmd = [sys.executable, "-m", "edge_bge", "serve", str(bundle), "--port", str(port), "--json-logs", *args]
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    s = SimpleNamespace(url=url, proc=proc, text=lambda: log_path.read_text())
-    try:
-        wait_ready(url, 90)
-        yield s
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+def json_server(bundle: Path, tmp: Path, *args: str) -> Any:
+    from .test_server_hardening import serve_process
+
+    return serve_process(bundle, "--json-logs", *args, tmp=tmp)
 
 
 def traffic(url: str) -> dict[str, httpx.Response]:
@@ -394,10 +378,10 @@ def test_json_logs_one_object_per_line_with_request_ids_and_no_texts(tiny_fp32, 
         got = traffic(s.url)
         s.proc.send_signal(signal.SIGTERM)
         assert s.proc.wait(30) == 0
-    lines = [line for line in s.text().splitlines() if line.strip()]
+    lines = [line for line in s.log().splitlines() if line.strip()]
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     assert all(isinstance(r, dict) and {"ts", "level", "event", "message"} <= set(r) for r in records)
-    assert SECRET.split()[0] not in s.text()
+    assert SECRET.split()[0] not in s.log()
 
     events = [r["event"] for r in records]
     for name in ("startup", "warmup", "ready", "drain"):
@@ -428,7 +412,7 @@ def test_json_logs_one_object_per_line_with_request_ids_and_no_texts(tiny_fp32, 
 def test_log_texts_puts_the_texts_in_the_access_lines(tiny_fp32, tmp_path):
     with json_server(tiny_fp32, tmp_path, "--log-texts", "--no-warmup") as s:
         traffic(s.url)
-    records = [json.loads(line) for line in s.text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in s.log().splitlines() if line.strip()]
     embed = next(r for r in records if r.get("request_id") == "req-42")
     assert embed["inputs"] == [SECRET, "two"]
 

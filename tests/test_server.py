@@ -59,7 +59,10 @@ def running(models: list[Any], **config: Any) -> Iterator[SimpleNamespace]:
         time.sleep(0.01)
     url = f"http://127.0.0.1:{cfg.port}"
     try:
-        yield SimpleNamespace(url=url, service=server.service, server=server, client=httpx.Client(base_url=url))
+        client = httpx.Client(base_url=url)
+        yield SimpleNamespace(
+            url=url, port=cfg.port, service=server.service, server=server, thread=thread, client=client
+        )
     finally:
         server.should_exit = True
         thread.join(60)

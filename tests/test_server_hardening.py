@@ -27,31 +27,12 @@ import pytest
 from edge_bge import Embedder
 from edge_bge.cli import build_parser, main
 from edge_bge.errors import ModelFilesError
-from edge_bge.server import Registry, Served, ServerConfig, Service, load_model
-from edge_bge.server.run import FD_RESERVE, build_server
+from edge_bge.server import load_model
+from edge_bge.server.run import FD_RESERVE
 
-from .test_server import Gated, cos, free_port, metric, post_async, wait_metric, wait_ready
+from .test_server import Gated, cos, free_port, metric, post_async, running, wait_metric, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@contextlib.contextmanager
-def guarded(models: list[Any], **config: Any) -> Iterator[SimpleNamespace]:
-    """The server ``edge-bge serve`` runs (build_server: guarded connections, drain), in a thread."""
-    cfg = ServerConfig(port=free_port(), **config)
-    server = build_server(Service(Registry([m if isinstance(m, Served) else Served(m) for m in models]), cfg))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    url = f"http://127.0.0.1:{cfg.port}"
-    try:
-        yield SimpleNamespace(url=url, port=cfg.port, server=server, service=server.service, thread=thread)
-    finally:
-        server.should_exit = True
-        thread.join(60)
 
 
 # ``edge-bge serve`` with a soft RLIMIT_NOFILE set first (no preexec_fn: pytest's process has threads)
@@ -165,7 +146,7 @@ def test_300_silent_connections_leave_health_answering_within_a_second(tiny_fp32
 
 
 def test_silent_and_trickling_connections_are_closed_after_the_header_timeout(tiny):
-    with guarded([tiny], warmup=False, header_timeout=1.0, keep_alive_timeout=0.5) as s:
+    with running([tiny], warmup=False, header_timeout=1.0, keep_alive_timeout=0.5) as s:
         silent = raw(s.port)
         trickle = raw(s.port, b"GET /health HTTP/1.1\r\n")
         t0 = time.monotonic()
@@ -190,7 +171,7 @@ def test_silent_and_trickling_connections_are_closed_after_the_header_timeout(ti
 
 
 def test_past_the_connection_limit_new_clients_get_503_and_the_server_recovers(tiny):
-    with guarded([tiny], warmup=False, max_connections=20) as s:
+    with running([tiny], warmup=False, max_connections=20) as s:
         # 20 connections busy with a request: headers sent, the body never comes
         busy = [raw(s.port, post_head("/embed", 100)) for _ in range(20)]
         try:
@@ -214,7 +195,7 @@ def test_past_the_connection_limit_new_clients_get_503_and_the_server_recovers(t
 
 
 def test_at_the_limit_a_new_client_evicts_the_oldest_silent_connection(tiny):
-    with guarded([tiny], warmup=False, max_connections=20) as s:
+    with running([tiny], warmup=False, max_connections=20) as s:
         silent = [raw(s.port) for _ in range(20)]
         wait_until(lambda: len(s.server.server_state.connections) == 20)
         r = httpx.get(s.url + "/health")
@@ -302,7 +283,7 @@ def test_tokenize_checks_readiness_and_is_bounded(tiny, monkeypatch):
 
     monkeypatch.setattr(tei_api, "_tokens_json", gated)
     warm = Gated(tiny)
-    with guarded([warm], max_tokenize_requests=1) as s:
+    with running([warm], max_tokenize_requests=1) as s:
         try:
             assert warm.entered.wait(10)  # warming up: /tokenize is refused like /embed
             r = httpx.post(s.url + "/tokenize", json={"inputs": "x"})
@@ -325,7 +306,7 @@ def test_tokenize_checks_readiness_and_is_bounded(tiny, monkeypatch):
 
 # ---- item 6: the drain ---------------------------------------------------------------------------
 def test_a_request_accepted_before_sigterm_finishes_even_while_its_body_is_uploading(tiny):
-    with guarded([tiny], warmup=False, drain_timeout=30) as s:
+    with running([tiny], warmup=False, drain_timeout=30) as s:
         body = json.dumps({"input": ["uploaded across the signal"]}).encode()
         sock = raw(s.port, post_head("/v1/embeddings", len(body)) + body[:10])
         wait_until(lambda: len(s.server.server_state.tasks) == 1)  # accepted: the request is running
@@ -342,7 +323,7 @@ def test_a_request_accepted_before_sigterm_finishes_even_while_its_body_is_uploa
 
 def test_a_request_still_running_at_the_drain_timeout_gets_json_503(tiny, capfd):
     gated = Gated(tiny)
-    with guarded([gated], warmup=False, drain_timeout=0.5, batch_wait_ms=0) as s:
+    with running([gated], warmup=False, drain_timeout=0.5, batch_wait_ms=0) as s:
         try:
             results: list[Any] = []
             waiting = post_async(s.url, "/embed", {"inputs": ["never finishes in time"]}, results)
@@ -362,7 +343,7 @@ def test_a_request_still_running_at_the_drain_timeout_gets_json_503(tiny, capfd)
 
 # ---- item 7: aborted uploads ---------------------------------------------------------------------
 def test_an_aborted_upload_is_a_499_in_one_log_line(tiny, capfd, caplog):
-    with guarded([tiny], warmup=False) as s:
+    with running([tiny], warmup=False) as s:
         sock = raw(s.port, post_head("/embed", 10_000) + b'{"inputs": "only the start')
         wait_until(lambda: len(s.server.server_state.tasks) == 1)
         sock.close()
@@ -379,7 +360,7 @@ def test_an_aborted_upload_is_a_499_in_one_log_line(tiny, capfd, caplog):
 # ---- item 10: smaller guarantees -----------------------------------------------------------------
 def test_info_shows_no_local_paths(tiny, minilm_fp32):
     minilm = Embedder(minilm_fp32)
-    with guarded([tiny, minilm], warmup=False) as s:
+    with running([tiny, minilm], warmup=False) as s:
         info = httpx.get(s.url + "/info").json()
     text = json.dumps(info)
     for m in (tiny, minilm):
@@ -395,7 +376,7 @@ def test_info_shows_no_local_paths(tiny, minilm_fp32):
 
 
 def test_api_key_in_either_header_passes(tiny):
-    with guarded([tiny], warmup=False, api_key="s3cret") as s:
+    with running([tiny], warmup=False, api_key="s3cret") as s:
 
         def status(**headers: str) -> int:
             return httpx.get(s.url + "/v1/models", headers=headers).status_code
@@ -410,12 +391,12 @@ def test_api_key_in_either_header_passes(tiny):
 
 def test_post_without_a_json_content_type_is_refused_unless_lenient(tiny):
     body = b'{"inputs": "no content type"}'
-    with guarded([tiny], warmup=False) as s:
+    with running([tiny], warmup=False) as s:
         for path, code in (("/embed", "error_type"), ("/v1/embeddings", "error")):
             r = httpx.post(s.url + path, content=body)
             assert "content-type" not in r.request.headers
             assert r.status_code == 415 and code in r.json() and "Content-Type: application/json" in r.text
-    with guarded([tiny], warmup=False, lenient_content_type=True) as s:
+    with running([tiny], warmup=False, lenient_content_type=True) as s:
         assert httpx.post(s.url + "/embed", content=body).status_code == 200
         r = httpx.post(s.url + "/embed", content=body, headers={"content-type": "text/plain"})
         assert r.status_code == 415
