@@ -28,7 +28,7 @@ from edge_bge import Embedder
 from edge_bge.cli import build_parser, main
 from edge_bge.errors import ModelFilesError
 from edge_bge.server import load_model
-from edge_bge.server.run import FD_RESERVE
+from edge_bge.server.run import FD_RESERVE, GuardedH11Protocol
 
 from .test_server import Gated, cos, free_port, metric, post_async, running, wait_metric, wait_ready
 
@@ -305,20 +305,36 @@ def test_tokenize_checks_readiness_and_is_bounded(tiny, monkeypatch):
 
 
 # ---- item 6: the drain ---------------------------------------------------------------------------
-def test_a_request_accepted_before_sigterm_finishes_even_while_its_body_is_uploading(tiny):
+def test_a_request_accepted_before_sigterm_finishes_even_while_its_body_is_uploading(tiny, monkeypatch):
+    # SIGTERM lands in the very loop callback that accepted the request's headers, before the app has run a
+    # line of it: the worst timing, and the one a slow machine hits
+    accept = GuardedH11Protocol.handle_events
+    signalled: list[bool] = []
+
+    def accept_then_sigterm(protocol: GuardedH11Protocol) -> None:
+        accept(protocol)
+        if protocol.scope is not None and not signalled:
+            signalled.append(True)
+            server.handle_exit(signal.SIGTERM, None)
+
+    monkeypatch.setattr(GuardedH11Protocol, "handle_events", accept_then_sigterm)
     with running([tiny], warmup=False, drain_timeout=30) as s:
+        server = s.server
         body = json.dumps({"input": ["uploaded across the signal"]}).encode()
         sock = raw(s.port, post_head("/v1/embeddings", len(body)) + body[:10])
-        wait_until(lambda: len(s.server.server_state.tasks) == 1)  # accepted: the request is running
-        s.server.handle_exit(signal.SIGTERM, None)
-        assert s.service.draining and not s.service.is_ready
+        wait_until(lambda: s.service.draining)
+        assert not s.service.is_ready
+        late = raw(s.port, post_head("/v1/embeddings", len(body)) + body)  # arrives after SIGTERM
         sock.sendall(body[10:])
         answer = read_all(sock, 30)
+        refused = read_all(late, 30)
         s.thread.join(30)
     head, _, payload = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), answer[:500]
     got = np.array(json.loads(payload)["data"][0]["embedding"], dtype=np.float32)
     assert cos(got, tiny.embed(["uploaded across the signal"]))[0] >= 1 - 1e-6
+    # a connection made after SIGTERM gets a 503 or is never accepted at all (the listener is closed)
+    assert refused == b"" or refused.startswith(b"HTTP/1.1 503"), refused[:300]
 
 
 def test_a_request_still_running_at_the_drain_timeout_gets_json_503(tiny, capfd):

@@ -51,7 +51,7 @@ async def health(service: Service, request: Request) -> Any:
 
 
 async def ready(service: Service, request: Request) -> Any:
-    service.check_ready()
+    service.check_ready(request)
     return JSONResponse({"status": "ready"})
 
 

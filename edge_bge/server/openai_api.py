@@ -50,7 +50,7 @@ def _b64(vector: np.ndarray) -> str:
 
 async def embeddings(service: Service, request: Request) -> Any:
     config = service.config
-    service.check_ready()
+    service.check_ready(request)
     data = await read_json(request, config)
     served = service.registry.pick("embed", data.get("model"), route="/v1/embeddings")
     items = texts(data.get("input"), "input", config)

@@ -42,7 +42,7 @@ from .errors import ApiError, Dialect, JSONResponse, Kind, body
 from .logs import event, use_json_logs
 from .metrics import Metrics
 from .models import Registry, Served
-from .service import Service
+from .service import ARRIVED, Service
 
 __all__ = ["serve", "build_server", "DrainingServer", "GuardedH11Protocol", "raise_fd_limit", "connection_limit"]
 
@@ -70,7 +70,7 @@ class DrainingServer(uvicorn.Server):
                 self.service.config.drain_timeout,
                 extra=event("drain", signal=signal.Signals(sig).name, drain_timeout=self.service.config.drain_timeout),
             )
-        self.service.draining = True  # /ready and new requests answer 503 from now on
+        self.service.start_draining()  # /ready and requests that arrive from now on answer 503
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True  # a second Ctrl-C: stop waiting for in-flight requests
         else:
@@ -142,6 +142,13 @@ class GuardedH11Protocol(H11Protocol):
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:  # headers complete (or a protocol error answered 400)
             self._stop_waiting()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        # the moment a request is accepted: its headers are parsed and its task made, though the app
+        # may not run until later; a SIGTERM after this moment still lets it finish (Service.check_ready)
+        if self.scope is not None:
+            self.scope.setdefault(ARRIVED, time.monotonic())  # type: ignore[misc]
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

@@ -30,6 +30,9 @@ log = logging.getLogger("edge_bge")
 
 T = TypeVar("T")
 
+# scope key: when the HTTP protocol accepted the request (time.monotonic), set by GuardedH11Protocol
+ARRIVED = "edge_bge.arrived"
+
 
 async def _disconnected(request: Request) -> None:
     """Return when the client has gone away (the body has been read before this is awaited)."""
@@ -51,6 +54,7 @@ class Service:
         self.started = time.time()
         self.ready = False
         self.draining = False
+        self.drain_started: float | None = None  # monotonic time of the first SIGTERM
         self.warmup_error: str | None = None
         self._warm_thread: threading.Thread | None = None
         # /tokenize: a pool of its own, so it neither waits behind inference nor fills asyncio's default
@@ -134,11 +138,19 @@ class Service:
                 served.batcher.stop(timeout=self.config.drain_timeout)
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
-    def check_ready(self) -> None:
-        """503 unless ready. Routes that work call it first, before reading the body: a request that
-        passes is accepted, and is finished even if SIGTERM comes while it is read, tokenized or queued."""
+    def start_draining(self) -> None:
+        if self.drain_started is None:
+            self.drain_started = time.monotonic()
+        self.draining = True
+
+    def check_ready(self, request: Request) -> None:
+        """503 unless ready. Routes that work call it first, before reading the body. A request whose
+        headers arrived before SIGTERM is accepted (the HTTP protocol stamps that moment in its scope,
+        even if the app runs a little later), and is finished even if SIGTERM comes while it is read,
+        tokenized or queued."""
         retry = {"Retry-After": str(self.config.retry_after)}
-        if self.draining:
+        arrived = request.scope.get(ARRIVED, time.monotonic())
+        if self.draining and (self.drain_started is None or arrived >= self.drain_started):
             raise ApiError(E.UNAVAILABLE, "the server is shutting down", headers=retry)
         if not self.ready:
             raise ApiError(E.UNAVAILABLE, self.warmup_error or "the server is warming up", headers=retry)

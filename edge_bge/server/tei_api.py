@@ -76,7 +76,7 @@ async def _embed_inputs(service: Service, data: dict[str, Any], op: str, route: 
 
 
 async def embed(service: Service, request: Request) -> Any:
-    service.check_ready()
+    service.check_ready(request)
     data = await read_json(request, service.config)
     served, items, truncate = await _embed_inputs(service, data, "embed", "/embed")
     normalize = flag(data, "normalize", True)
@@ -96,7 +96,7 @@ async def embed(service: Service, request: Request) -> Any:
 
 
 async def embed_sparse(service: Service, request: Request) -> Any:
-    service.check_ready()
+    service.check_ready(request)
     data = await read_json(request, service.config)
     served, items, truncate = await _embed_inputs(service, data, "sparse", "/embed_sparse")
     encoded = await service.tokenize(served, items, param="inputs", truncate=truncate)
@@ -119,7 +119,7 @@ def _docs(data: dict[str, Any], service: Service) -> tuple[list[str], str]:
 
 
 async def rerank(service: Service, request: Request) -> Any:
-    service.check_ready()
+    service.check_ready(request)
     data = await read_json(request, service.config)
     served = service.registry.pick("score", data.get("model"), route="/rerank")
     query = one_text(data.get("query"), "query")
@@ -139,7 +139,7 @@ async def rerank(service: Service, request: Request) -> Any:
 
 
 async def cohere_rerank(service: Service, request: Request) -> Any:
-    service.check_ready()
+    service.check_ready(request)
     data = await read_json(request, service.config)
     served = service.registry.pick("score", data.get("model"), route="/v1/rerank")
     query = one_text(data.get("query"), "query")
@@ -185,7 +185,7 @@ def _tokens_json(served: Served, items: list[str], special: bool) -> bytes:
 
 
 async def tokenize(service: Service, request: Request) -> Any:
-    service.check_ready()
+    service.check_ready(request)
     data = await read_json(request, service.config)
     served = service.registry.pick(None, data.get("model"), route="/tokenize")
     items = texts(data.get("inputs"), "inputs", service.config)
