@@ -1,4 +1,9 @@
-"""Length-sorted, token-budget batching: the batches, their padded feeds, and order restored."""
+"""Length-sorted, token-budget batching: the batch policy, the batches, their padded feeds.
+
+The batch policy lives here and only here: the default token budgets and the row limit. The
+TensorRT shape profile (``providers.tensorrt``) is derived from the same numbers, so that every
+batch cut here fits the engine.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,35 @@ import numpy as np
 
 from .tokenize import Encoded
 
-__all__ = ["Batch", "plan", "pad"]
+__all__ = [
+    "DEFAULT_MAX_BATCH_TOKENS",
+    "GPU_MAX_BATCH_TOKENS",
+    "MAX_BATCH_ROWS",
+    "MIN_TOKENS",
+    "Batch",
+    "batches",
+    "default_budget",
+    "pad",
+    "plan",
+]
+
+# Padded tokens per ONNX Runtime call. On CPU small calls are fastest (they stay in cache) and
+# hold the least memory (figures: docs/benchmarks.md, "Token budget"); a GPU wants large calls.
+# A text longer than the budget still runs, in a batch of its own.
+DEFAULT_MAX_BATCH_TOKENS = 1024
+GPU_MAX_BATCH_TOKENS = 16384
+
+
+def default_budget(*, gpu: bool) -> int:
+    """The token budget when none is given: small calls on the CPU, large ones on a GPU."""
+    return GPU_MAX_BATCH_TOKENS if gpu else DEFAULT_MAX_BATCH_TOKENS
+
+
+# Rows per batch at most, whatever the budget: TensorRT's profile allows no more rows than this.
+MAX_BATCH_ROWS = 256
+# The shortest tokenized text: [CLS] [SEP] (BERT) or <s> </s> (XLM-R); a budget holds at most
+# max_batch_tokens // MIN_TOKENS rows.
+MIN_TOKENS = 2
 
 
 class Batch:
@@ -20,7 +53,7 @@ class Batch:
         self.index, self.feeds, self.tokens = index, feeds, tokens
 
 
-def plan(lengths: Sequence[int], *, max_batch_tokens: int, max_batch_size: int = 256) -> list[np.ndarray]:
+def plan(lengths: Sequence[int], *, max_batch_tokens: int, max_batch_size: int = MAX_BATCH_ROWS) -> list[np.ndarray]:
     """Cut inputs sorted by length into batches whose padded size (rows x longest) fits the budget.
 
     A single input longer than the budget gets a batch of its own.
@@ -60,7 +93,15 @@ def pad(encodings: Sequence[Encoded], index: np.ndarray, *, inputs: Sequence[str
 
 
 def batches(
-    encodings: Sequence[Encoded], *, inputs: Sequence[str], pad_id: int, max_batch_tokens: int
+    encodings: Sequence[Encoded],
+    *,
+    inputs: Sequence[str],
+    pad_id: int,
+    max_batch_tokens: int,
+    max_rows: int = MAX_BATCH_ROWS,
 ) -> Iterator[Batch]:
-    for index in plan([len(e.ids) for e in encodings], max_batch_tokens=max_batch_tokens):
+    """The padded batches of ``encodings`` under the token budget, shortest texts first; at most
+    ``max_rows`` rows each (a session's limit: TensorRT's shape profile)."""
+    lengths = [len(e.ids) for e in encodings]
+    for index in plan(lengths, max_batch_tokens=max_batch_tokens, max_batch_size=min(max_rows, MAX_BATCH_ROWS)):
         yield pad(encodings, index, inputs=inputs, pad_id=pad_id)

@@ -5,10 +5,12 @@ CI has no GPU: ONNX Runtime's GPU side is replaced by a fake InferenceSession wh
 
 from __future__ import annotations
 
-import inspect
+import ast
+import dataclasses
 import json
 import logging
 import os
+import types
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,11 +20,13 @@ import pytest
 
 from edge_bge import Embedder, ProviderError, batching
 from edge_bge import providers as P
-from edge_bge.embedder import GPU_MAX_BATCH_TOKENS
-from edge_bge.manifest import Kind, Manifest, Pooling, Precision, Target
-from edge_bge.providers import resolve
+from edge_bge.batching import GPU_MAX_BATCH_TOKENS
+from edge_bge.manifest import MODEL_NAME, Kind, Manifest, Pooling, Precision, Target
+from edge_bge.providers import machine as M
+from edge_bge.providers import registry, resolve, tensorrt
 
 from .conftest import corpus_texts
+from .test_imports import PACKAGE, import_graph
 
 TRT, CUDA, CPU = P.TRT, P.CUDA, P.CPU
 ALL = [TRT, CUDA, CPU]
@@ -33,7 +37,7 @@ XLMR_INPUTS = ("input_ids", "attention_mask")
 def manifest(
     kind: Kind = Kind.EMBEDDING,
     precision: Precision = Precision.FP32,
-    target: Target = Target.PLAIN,
+    target: Target = Target.TENSORRT,
     *,
     inputs: tuple[str, ...] = BERT_INPUTS,
     max_length: int = 512,
@@ -62,17 +66,23 @@ def manifest(
 @pytest.fixture
 def machine(monkeypatch):
     """A GPU machine as far as edge-bge can tell: known TensorRT version and GPU name."""
-    monkeypatch.setattr(P, "tensorrt_version", lambda: "10.9.0")
-    monkeypatch.setattr(P, "gpu_name", lambda device_id=0: "NVIDIA Test GPU")
+    monkeypatch.setattr(M, "tensorrt_version", lambda: "10.9.0")
+    monkeypatch.setattr(M, "gpu_name", lambda device_id=0: "NVIDIA Test GPU")
     monkeypatch.setattr(ort, "__version__", "1.22.0")
 
 
 class FakeORT:
     """ONNX Runtime with GPU providers: ``loads`` is what a session really gets; ``stderr`` what the C++
-    logger prints while creating it; ``raises`` an exception from the constructor."""
+    logger prints while creating it; ``raises`` an exception from the constructor when TensorRT is in
+    the chain; ``fails`` the providers whose session cannot be created when first in the chain;
+    ``cpu_ops`` the operators no GPU provider takes (they run on the CPU); ``context`` what TensorRT's
+    EP-context model covers when it dumps one ("all", or "part": one partition)."""
 
-    def __init__(self, monkeypatch, available, *, loads=None, stderr=b"", raises=None):
+    def __init__(
+        self, monkeypatch, available, *, loads=None, stderr=b"", raises=None, fails=(), cpu_ops=(), context="all"
+    ):
         self.available, self.loads, self.stderr, self.raises = list(available), loads, stderr, raises
+        self.fails, self.cpu_ops, self.context = set(fails), set(cpu_ops), context
         self.sessions: list[FakeSession] = []
         monkeypatch.setattr(ort, "get_available_providers", lambda: list(self.available))
         monkeypatch.setattr(ort, "InferenceSession", self.session)
@@ -80,24 +90,60 @@ class FakeORT:
     def session(self, path, sess_options=None, providers=None, **kw):
         if self.stderr:
             os.write(2, self.stderr)
-        if self.raises is not None and TRT in [p if isinstance(p, str) else p[0] for p in providers]:
+        names = [p if isinstance(p, str) else p[0] for p in providers]
+        if self.raises is not None and TRT in names:
             raise self.raises
-        s = FakeSession(path, providers, kw, self.loads)
+        if names[0] in self.fails:
+            raise RuntimeError(f"cannot start {names[0]}")
+        for name, options in [p for p in providers if not isinstance(p, str)]:
+            unknown = set(options) - KNOWN_OPTIONS.get(name, set(options))
+            if unknown:  # as ONNX Runtime's provider factories answer
+                raise RuntimeError(f"[ONNXRuntimeError] : 1 : FAIL : Unknown provider option: {sorted(unknown)[0]}")
+        s = FakeSession(path, providers, kw, self, sess_options)
         self.sessions.append(s)
         return s
 
 
+KNOWN_OPTIONS = {
+    CUDA: {"device_id", "arena_extend_strategy", "gpu_mem_limit", "cudnn_conv_algo_search"},
+    TRT: {k for k in P.tensorrt_options(manifest(), max_batch_tokens=64)}
+    | {"trt_engine_cache_path", "trt_timing_cache_path", "trt_dump_ep_context_model", "trt_ep_context_file_path"}
+    | {"trt_ep_context_embed_mode"},
+}
+# The fake graph's nodes as ONNX Runtime runs them: (name, op, values in its output per warm-up batch)
+GRAPH = [
+    ("/embeddings/Gather", "Gather", 16 * 16 * 32),
+    ("/shape/Shape", "Shape", 2),
+    ("/shape/Concat", "Concat", 3),
+    *[(f"/layer.{i}/MatMul", "MatMulIntegerToFloat" if i % 2 else "MatMul", 16 * 16 * 32) for i in range(4)],
+    ("/pool/ReduceSum", "ReduceSum", 16 * 32),
+]
+
+
 class FakeSession:
-    def __init__(self, path, providers, kw, loads):
-        self.path, self.kw, self.fallback = path, kw, True
+    def __init__(self, path, providers, kw, fake, sess_options):
+        self.path, self.kw, self.fallback, self.sess_options = path, kw, True, sess_options
         self.chain = [(p, {}) if isinstance(p, str) else p for p in providers]
         names = [n for n, _ in self.chain]
-        self.got = [n for n in names if loads is None or n in loads]
+        self.got = [n for n in names if fake.loads is None or n in fake.loads]
         if CPU not in self.got:
             self.got.append(CPU)
-        for name, options in self.chain:  # what the TensorRT provider writes when asked to dump an EP-context model
+        self.cpu_ops, self.batches = fake.cpu_ops, []
+        if config_entry(sess_options, "session.disable_cpu_ep_fallback") == "1":
+            if self.got[0] != CPU and fake.cpu_ops:
+                raise RuntimeError(
+                    "This session contains graph nodes that are assigned to the default CPU EP, but fallback to "
+                    "CPU EP has been explicitly disabled by the user."
+                )
+        for name, options in self.chain:  # the TensorRT provider when asked to dump an EP-context model
             if name == TRT and options.get("trt_dump_ep_context_model"):
-                Path(options["trt_ep_context_file_path"]).write_bytes(b"fake EP-context model")
+                context = Path(options["trt_ep_context_file_path"])
+                engines = context.parent / options["trt_engine_cache_path"]
+                if any(engines.glob("*.engine")):
+                    continue  # an engine in the cache is loaded: nothing is built, nothing is dumped
+                engines.mkdir(parents=True, exist_ok=True)
+                (engines / "TRTKernel_graph_main_0.engine").write_bytes(b"serialized engine")
+                write_context_model(context, fake.context)
 
     def options(self, name):
         return dict(self.chain)[name]
@@ -109,7 +155,29 @@ class FakeSession:
         self.fallback = False
 
     def run(self, outputs, feeds):
+        self.batches.append(next(iter(feeds.values())).shape)
         return [np.zeros((len(next(iter(feeds.values()))), 32), np.float32) for _ in outputs]
+
+    def end_profiling(self):
+        """ONNX Runtime's profile of the runs so far: each node's provider, duration and output shape."""
+        if not (self.sess_options and self.sess_options.enable_profiling):
+            return ""
+        events = [
+            {
+                "cat": "Node",
+                "name": f"{name}_kernel_time",
+                "dur": 100,
+                "args": {
+                    "op_name": op,
+                    "provider": CPU if op in self.cpu_ops or op in ("Shape", "Concat") else self.got[0],
+                    "output_type_shape": [{"float": [values]}],
+                },
+            }
+            for name, op, values in GRAPH
+        ]
+        path = Path(f"{self.sess_options.profile_file_prefix}_fake.json")
+        path.write_text(json.dumps([{"cat": "Session", "name": "model_run", "dur": 900}, *events]))
+        return str(path)
 
     def get_inputs(self):  # the tiny BERT bundles' graph, as Manifest.check_session reads it
         names = ("input_ids", "attention_mask", "token_type_ids")
@@ -117,6 +185,37 @@ class FakeSession:
 
     def get_outputs(self):
         return [SimpleNamespace(name="embedding", type="tensor(float)", shape=["batch", 32])]
+
+
+def config_entry(options: ort.SessionOptions | None, key: str) -> str | None:
+    try:
+        return None if options is None else options.get_session_config_entry(key)
+    except RuntimeError:  # ONNX Runtime's answer for a key never set
+        return None
+
+
+def write_context_model(path: Path, covers: str) -> None:
+    """An EP-context model as ONNX Runtime writes it: one EPContext node over the whole graph, or (``covers``
+    "part") over a partition, whose output is an inner tensor of the graph."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"]) for n in BERT_INPUTS]
+    output = "embedding" if covers == "all" else "/encoder/layer.0/output/LayerNorm/output_0"
+    outputs = [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", 32])]
+    node = helper.make_node(
+        "EPContext",
+        list(BERT_INPUTS),
+        [output],
+        domain="com.microsoft",
+        embed_mode=0,
+        ep_cache_context="prebuilt/TRTKernel_graph_main_0.engine",
+    )
+    graph = helper.make_graph([node], "ctx", inputs, outputs)
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]),
+        str(path),
+    )
 
 
 # ---- chains ------------------------------------------------------------------------------------
@@ -175,7 +274,7 @@ def test_strict_refuses_missing_provider(tiny_fp32):
 
 def test_side_by_side_install_is_named(monkeypatch):
     FakeORT(monkeypatch, [CPU])
-    monkeypatch.setattr(P, "_ort_distributions", lambda: {"onnxruntime": "1.22.0", "onnxruntime-gpu": "1.22.0"})
+    monkeypatch.setattr(M, "_ort_distributions", lambda: {"onnxruntime": "1.22.0", "onnxruntime-gpu": "1.22.0"})
     with pytest.raises(ProviderError, match="both onnxruntime 1.22.0 and onnxruntime-gpu 1.22.0 are installed"):
         P.open_session("m.onnx", providers="tensorrt")
 
@@ -222,6 +321,68 @@ def test_auto_goes_on_when_a_session_fails(monkeypatch, machine, tmp_path, caplo
     assert fake.sessions[0].kw == {"enable_fallback": 0}
 
 
+def test_auto_goes_down_the_whole_chain(monkeypatch, machine, tmp_path, caplog):
+    fake = FakeORT(monkeypatch, ALL, fails={TRT, CUDA})
+    with caplog.at_level(logging.WARNING, logger="edge_bge"):
+        s = P.open_session("m.onnx", manifest=manifest(), max_batch_tokens=8192, cache_dir=tmp_path)
+    assert s.providers == [CPU] and s.providers.requested == ALL and not s.providers.io_binding
+    assert [x.chain[0][0] for x in fake.sessions] == [CPU]
+    assert "trying CUDAExecutionProvider, CPUExecutionProvider" in caplog.text
+    assert "cannot start CUDAExecutionProvider" in caplog.text and caplog.text.endswith("trying CPUExecutionProvider\n")
+    with pytest.raises(ProviderError, match="cannot start CUDAExecutionProvider"):  # asked for by name: no fallback
+        P.open_session("m.onnx", providers=[CUDA, CPU])
+
+
+def test_session_request_is_what_open_session_opens(tiny_fp32):
+    request = P.SessionRequest(tiny_fp32 / MODEL_NAME, providers="cpu", threads=1, spin=False)
+    opened = request.open()
+    assert opened.providers == [CPU] and opened.run is None and opened.providers.model == str(request.model_path)
+    assert opened.session.get_session_options().intra_op_num_threads == 1
+    with pytest.raises(AttributeError):
+        request.threads = 2  # frozen: a request is a value
+
+
+OPENVINO = "OpenVINOExecutionProvider"
+
+
+def test_a_new_provider_is_one_registry_entry(monkeypatch):
+    entry = registry.Provider(OPENVINO, aliases=("openvino",), auto=True, defaults=lambda c: {"device_type": "CPU"})
+    monkeypatch.setattr(registry, "PROVIDERS", (*registry.PROVIDERS[:2], entry, registry.PROVIDERS[2]))
+    fake = FakeORT(monkeypatch, [OPENVINO, CPU])
+    assert resolve("auto", [OPENVINO, CPU]) == [OPENVINO, CPU] and resolve("OpenVINO", ALL) == [OPENVINO]
+    s = P.open_session("m.onnx", providers="openvino")
+    assert fake.sessions[0].options(OPENVINO) == {"device_type": "CPU"} and s.providers == [OPENVINO, CPU]
+    assert s.run is None and fake.sessions[0].kw == {}  # host memory: no IO binding, ONNX Runtime's own path
+    P.open_session("m.onnx", providers=[(OPENVINO, {"device_type": "GPU", "cache_dir": "/c"})])
+    assert fake.sessions[1].options(OPENVINO) == {"device_type": "GPU", "cache_dir": "/c"}
+
+
+def test_an_unknown_provider_gets_the_callers_options_as_given(monkeypatch):
+    fake = FakeORT(monkeypatch, [OPENVINO, CPU])
+    assert registry.lookup(OPENVINO) == registry.Provider(OPENVINO)
+    s = P.open_session("m.onnx", providers=[(OPENVINO, {"device_type": "CPU"}), CPU])
+    assert fake.sessions[0].chain == [(OPENVINO, {"device_type": "CPU"}), (CPU, {})] and s.run is None
+    with pytest.raises(ProviderError, match="unknown provider 'openvino'; use 'auto', 'cpu', 'cuda', 'tensorrt'"):
+        resolve("openvino", ALL)
+
+
+def test_io_binding_runs_on_the_registrys_device(monkeypatch, tiny_fp32):
+    """An entry's io_device is where IO binding puts the tensors: here the CPU, with the real ONNX Runtime."""
+    texts = corpus_texts(40)
+    want = Embedder(tiny_fp32, providers="cpu").embed(texts)
+    cpu = dataclasses.replace(registry.lookup(CPU), io_device="cpu")  # an OrtValue device
+    monkeypatch.setattr(registry, "PROVIDERS", (*registry.PROVIDERS[:2], cpu))
+    bound = Embedder(tiny_fp32, providers="cpu")
+    assert bound.providers == [CPU] and bound.providers.io_binding and bound._device_run is not None
+    np.testing.assert_allclose(bound.embed(texts), want, rtol=0, atol=1e-6)
+
+
+def test_public_names():
+    public = {n for n, v in vars(P).items() if not n.startswith("_") and not isinstance(v, types.ModuleType)}
+    assert set(P.__all__) == public - {"annotations"}
+    assert "make_session" not in public
+
+
 def test_reports_real_providers(tiny_fp32):
     model = Embedder(tiny_fp32, providers="cpu")
     assert model.providers == [CPU]
@@ -235,7 +396,7 @@ CASES = {
     "embedding-fp16-plain": (manifest(precision=Precision.FP16), True, False),
     "embedding-int8-qdq": (manifest(precision=Precision.INT8, scheme="static-qdq-int8"), False, True),
     "embedding-int8-dynamic": (
-        manifest(precision=Precision.INT8, target=Target.CPU_FUSED, scheme="dynamic-int8"),
+        manifest(precision=Precision.INT8, target=Target.CPU, scheme="dynamic-int8"),
         False,
         False,
     ),
@@ -268,7 +429,7 @@ def test_session_options_and_cache_paths_per_bundle(monkeypatch, machine, tmp_pa
     assert s.providers.options[TRT] == trt
     assert trt["trt_fp16_enable"] is fp16 and trt["trt_int8_enable"] is int8
     engine = Path(trt["trt_engine_cache_path"])
-    parts = P.engine_key_parts(m.files["model.onnx"], profile=P.shape_profile(m.max_length, 4096), options=trt)
+    parts = P.engine_key_parts(m.files[MODEL_NAME], profile=P.shape_profile(m.max_length, 4096), options=trt)
     assert engine.parent == tmp_path / "tensorrt" / f"bge-test-v1-{P.engine_key(parts)}" and engine.is_dir()
     assert Path(trt["trt_timing_cache_path"]).parent == tmp_path / "tensorrt" / "timing"
     assert cuda == {"device_id": 0, "arena_extend_strategy": "kSameAsRequested"}
@@ -296,8 +457,28 @@ def test_cuda_options():
 # ---- shape profile -----------------------------------------------------------------------------
 
 
-def test_profile_rows_match_batching():
-    assert inspect.signature(batching.plan).parameters["max_batch_size"].default == P.MAX_BATCH_ROWS
+POLICY = ("DEFAULT_MAX_BATCH_TOKENS", "GPU_MAX_BATCH_TOKENS", "MAX_BATCH_ROWS", "MIN_TOKENS")
+
+
+def test_batch_policy_has_one_home():
+    """The budgets and row limits are assigned in batching.py only, and providers never reach the embedder."""
+    homes = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            for target in targets:
+                if isinstance(target, ast.Name) and target.id in POLICY:
+                    homes.setdefault(target.id, []).append(path.relative_to(PACKAGE).as_posix())
+    assert homes == {name: ["batching.py"] for name in POLICY}
+    assert set(POLICY) <= set(batching.__all__) and "batches" in batching.__all__
+    graph = import_graph()
+    reached, todo = set(), [m for m in graph if m.startswith("edge_bge.providers")]
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            todo.extend(graph[module])
+    assert "edge_bge.batching" in reached and "edge_bge.embedder" not in reached
 
 
 @pytest.mark.parametrize("budget", [64, 512, 8192, 1 << 20])
@@ -305,12 +486,45 @@ def test_profile_rows_match_batching():
 def test_profile_covers_every_batch(budget, max_length):
     profile = P.shape_profile(max_length, budget)
     rng = np.random.default_rng(budget + max_length)
-    lengths = rng.integers(P.MIN_TOKENS, max_length + 1, size=3000).tolist() + [P.MIN_TOKENS] * 600
-    for index in batching.plan(lengths, max_batch_tokens=budget):
+    lengths = rng.integers(batching.MIN_TOKENS, max_length + 1, size=3000).tolist() + [batching.MIN_TOKENS] * 600
+    # the batcher is held to the profile's rows, as the Embedder holds it (SessionProviders.max_rows)
+    for index in batching.plan(lengths, max_batch_tokens=budget, max_batch_size=profile.max[0]):
         rows, longest = len(index), max(lengths[i] for i in index)
         assert profile.min[0] <= rows <= profile.max[0] and profile.min[1] <= longest <= profile.max[1]
     assert all(lo <= opt <= hi for lo, opt, hi in zip(profile.min, profile.opt, profile.max, strict=True))
-    assert profile.opt[1] == min(max_length, P.OPT_TOKENS)
+    assert profile.opt[1] == min(max_length, tensorrt.OPT_TOKENS)
+    # the box TensorRT reserves memory for stays within the stated bound, with any text up to max_length
+    assert profile.max[0] * profile.max[1] <= max(tensorrt.PROFILE_TOKENS, budget, max_length)
+    assert profile.max[1] == max_length
+
+
+def test_m3_profile_is_bounded():
+    """bge-m3 (8192 tokens) at the GPU budget: 16 rows of up to 8192 tokens, not 256 x 8192."""
+    m3 = manifest(Kind.M3, Precision.FP16, inputs=XLMR_INPUTS, max_length=8192)
+    profile = P.shape_profile(8192, GPU_MAX_BATCH_TOKENS)
+    assert profile.max == (16, 8192) and profile.max[0] * profile.max[1] == tensorrt.PROFILE_TOKENS
+    options = P.tensorrt_options(m3, max_batch_tokens=GPU_MAX_BATCH_TOKENS)
+    assert options["trt_profile_max_shapes"] == "input_ids:16x8192,attention_mask:16x8192"
+    assert tensorrt.profile_max(options) == (16, 8192)
+    assert P.shape_profile(512, GPU_MAX_BATCH_TOKENS).max == (256, 512)  # a 512-token model keeps 256 rows
+    assert P.shape_profile(8192, 1 << 20).max == (128, 8192)  # a caller's larger budget is a larger box
+    assert tensorrt.profile_max({"trt_profile_max_shapes": "input_ids:8x512,attention_mask:4x512"}) == (4, 512)
+    assert tensorrt.profile_max({}) is None and tensorrt.profile_max({"trt_profile_max_shapes": "x:8"}) is None
+
+
+def test_batcher_never_leaves_the_profile(monkeypatch, machine, tmp_path, tiny_qdq):
+    """On TensorRT the Embedder cuts no batch with more rows than the engine's profile holds."""
+    monkeypatch.setattr(tensorrt, "PROFILE_TOKENS", 4 * 512)  # a box of 4 rows at the bundle's 512 tokens
+    fake = FakeORT(monkeypatch, ALL)
+    monkeypatch.setenv("EDGE_BGE_CACHE_DIR", str(tmp_path))
+    model = Embedder(tiny_qdq, providers="tensorrt", max_batch_tokens=2048)  # 40 short texts fit one batch
+    trt = fake.sessions[0].options(TRT)
+    assert trt["trt_profile_max_shapes"].startswith("input_ids:4x512,") and model.providers.max_rows == 4
+    model._device_run = None  # the fake session has no IO binding: its run() sees every batch
+    model.embed(corpus_texts(40))
+    shapes = fake.sessions[0].batches[1:]  # after the warm-up batch
+    assert sum(rows for rows, _ in shapes) == 40 and max(rows for rows, _ in shapes) == 4
+    assert Embedder(tiny_qdq, providers="cpu").providers.max_rows == batching.MAX_BATCH_ROWS
 
 
 # ---- engine cache key ----------------------------------------------------------------------------
@@ -337,16 +551,16 @@ def test_cache_key_changes_with_each_part(monkeypatch, machine):
     monkeypatch.setattr(ort, "__version__", "1.23.0")
     changed["onnxruntime"] = key()
     monkeypatch.setattr(ort, "__version__", "1.22.0")
-    monkeypatch.setattr(P, "tensorrt_version", lambda: "10.12.0")
+    monkeypatch.setattr(M, "tensorrt_version", lambda: "10.12.0")
     changed["tensorrt"] = key()
-    monkeypatch.setattr(P, "tensorrt_version", lambda: None)
+    monkeypatch.setattr(M, "tensorrt_version", lambda: None)
     changed["tensorrt unknown"] = key()
-    monkeypatch.setattr(P, "tensorrt_version", lambda: "10.9.0")
-    monkeypatch.setattr(P, "gpu_name", lambda device_id=0: "NVIDIA Jetson AGX Orin")
+    monkeypatch.setattr(M, "tensorrt_version", lambda: "10.9.0")
+    monkeypatch.setattr(M, "gpu_name", lambda device_id=0: "NVIDIA Jetson AGX Orin")
     changed["gpu"] = key()
-    monkeypatch.setattr(P, "gpu_name", lambda device_id=0: None)
+    monkeypatch.setattr(M, "gpu_name", lambda device_id=0: None)
     changed["gpu unknown"] = key()
-    monkeypatch.setattr(P, "gpu_name", lambda device_id=0: "NVIDIA Test GPU")
+    monkeypatch.setattr(M, "gpu_name", lambda device_id=0: "NVIDIA Test GPU")
     assert key() == base
     assert base not in changed.values() and len(set(changed.values())) == len(changed)
     # where things go and how they are spelled do not change the engine
@@ -372,21 +586,21 @@ def test_gpu_name(monkeypatch):
         calls.append(cmd)
         return type("Done", (), {"stdout": "NVIDIA H100 80GB HBM3\n"})()
 
-    P.gpu_name.cache_clear()
-    monkeypatch.setattr(P.subprocess, "run", run)
+    M.gpu_name.cache_clear()
+    monkeypatch.setattr(M.subprocess, "run", run)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")
     try:
-        assert P.gpu_name(1) == "NVIDIA H100 80GB HBM3" and calls[-1][-1] == "1"
-        assert P.gpu_name(0) == "NVIDIA H100 80GB HBM3" and calls[-1][-1] == "3"
+        assert M.gpu_name(1) == "NVIDIA H100 80GB HBM3" and calls[-1][-1] == "1"
+        assert M.gpu_name(0) == "NVIDIA H100 80GB HBM3" and calls[-1][-1] == "3"
 
         def absent(cmd, **kw):
             raise FileNotFoundError("nvidia-smi")
 
-        P.gpu_name.cache_clear()
-        monkeypatch.setattr(P.subprocess, "run", absent)
-        assert P.gpu_name(0) is None
+        M.gpu_name.cache_clear()
+        monkeypatch.setattr(M.subprocess, "run", absent)
+        assert M.gpu_name(0) is None
     finally:
-        P.gpu_name.cache_clear()
+        M.gpu_name.cache_clear()
 
 
 def test_tensorrt_version(monkeypatch):
@@ -398,22 +612,22 @@ def test_tensorrt_version(monkeypatch):
         raise OSError("not found")
 
     def no_dist(name):
-        raise P.importlib.metadata.PackageNotFoundError(name)
+        raise M.importlib.metadata.PackageNotFoundError(name)
 
-    P.tensorrt_version.cache_clear()
+    M.tensorrt_version.cache_clear()
     try:
-        monkeypatch.setattr(P.ctypes, "CDLL", missing)
-        monkeypatch.setattr(P.importlib.metadata, "version", no_dist)
-        assert P.tensorrt_version() is None
-        P.tensorrt_version.cache_clear()
-        monkeypatch.setattr(P.importlib.metadata, "version", lambda d: "10.9.0.34" if d == "tensorrt" else no_dist(d))
-        assert P.tensorrt_version() == "10.9.0.34"
+        monkeypatch.setattr(M.ctypes, "CDLL", missing)
+        monkeypatch.setattr(M.importlib.metadata, "version", no_dist)
+        assert M.tensorrt_version() is None
+        M.tensorrt_version.cache_clear()
+        monkeypatch.setattr(M.importlib.metadata, "version", lambda d: "10.9.0.34" if d == "tensorrt" else no_dist(d))
+        assert M.tensorrt_version() == "10.9.0.34"
         for raw, want in ((100900, "10.9.0"), (101300, "10.13.0"), (8601, "8.6.1")):
-            P.tensorrt_version.cache_clear()
-            monkeypatch.setattr(P.ctypes, "CDLL", lambda name, raw=raw: Lib(raw))
-            assert P.tensorrt_version() == want
+            M.tensorrt_version.cache_clear()
+            monkeypatch.setattr(M.ctypes, "CDLL", lambda name, raw=raw: Lib(raw))
+            assert M.tensorrt_version() == want
     finally:
-        P.tensorrt_version.cache_clear()
+        M.tensorrt_version.cache_clear()
 
 
 def test_environment_without_gpu():
@@ -448,7 +662,9 @@ def tiny_qdq(bundles, tiny_bge_dir):
 def test_qdq_int8_parity_on_cpu(tiny_qdq, tiny_fp32):
     texts = corpus_texts(300)
     qdq = Embedder(tiny_qdq, providers="cpu")
-    assert qdq.manifest.target is Target.PLAIN and qdq.manifest.optimization["precision"]["scheme"] == "static-qdq-int8"
+    assert (
+        qdq.manifest.target is Target.TENSORRT and qdq.manifest.optimization["precision"]["scheme"] == "static-qdq-int8"
+    )
     got, want = qdq.embed(texts), Embedder(tiny_fp32, providers="cpu").embed(texts)
     cos = np.sum(got * want, axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
     assert cos.min() >= 0.99, cos.min()
@@ -483,7 +699,9 @@ def test_build_engine_then_load_it(monkeypatch, machine, tmp_path, tiny_qdq):
     built = P.build_engine(tiny_qdq, cache_dir=tmp_path)
     trt = fake.sessions[0].options(TRT)
     assert trt["trt_dump_ep_context_model"] is True and trt["trt_ep_context_embed_mode"] == 0
-    assert trt["trt_ep_context_file_path"] == str(built.context_model) and trt["trt_engine_cache_path"] == "engine"
+    assert trt["trt_ep_context_file_path"] == str(built.context_model) and trt["trt_engine_cache_path"] == "prebuilt"
+    assert fake.sessions[0].chain == [(TRT, trt)]  # TensorRT alone, no CUDA behind it
+    assert config_entry(fake.sessions[0].sess_options, "session.disable_cpu_ep_fallback") == "1"
     assert not built.reused and built.context_model.is_file() and built.path.parent == tmp_path / "tensorrt"
     record = json.loads((built.path / "edge_bge_engine.json").read_text())
     assert record["key"] == built.key and record["parts"]["gpu"] == "NVIDIA Test GPU"
@@ -504,3 +722,174 @@ def test_build_engine_then_load_it(monkeypatch, machine, tmp_path, tiny_qdq):
     built.context_model.write_bytes(b"tampered")
     Embedder(tiny_qdq, providers="tensorrt")
     assert fake.sessions[-1].path.endswith("model.onnx")
+
+
+def test_build_engine_with_an_engine_in_the_runtime_cache(monkeypatch, machine, tmp_path, tiny_qdq):
+    """An Embedder's engine in the cache does not stop build-engine: it builds into a folder of its own."""
+    fake = FakeORT(monkeypatch, ALL)
+    monkeypatch.setenv("EDGE_BGE_CACHE_DIR", str(tmp_path))
+    model = Embedder(tiny_qdq, providers="tensorrt")
+    runtime_cache = Path(model.providers.options[TRT]["trt_engine_cache_path"])
+    (runtime_cache / "TRTKernel_graph_main_0.engine").write_bytes(b"the Embedder's engine")
+    stale = runtime_cache.parent / "prebuilt" / "old.engine"
+    stale.parent.mkdir()
+    stale.write_bytes(b"an interrupted build's engine")
+    built = P.build_engine(tiny_qdq, cache_dir=tmp_path)
+    assert built.context_model.is_file() and not built.reused and not stale.exists()
+    assert (built.path / "prebuilt" / "TRTKernel_graph_main_0.engine").is_file()
+    assert json.loads((built.path / "edge_bge_engine.json").read_text())["engine_dir"] == "prebuilt"
+    Embedder(tiny_qdq, providers="tensorrt")
+    assert fake.sessions[-1].path == str(built.context_model)
+
+
+def test_build_engine_refuses_a_graph_tensorrt_takes_in_part(monkeypatch, machine, tmp_path, tiny_qdq):
+    # nodes TensorRT leaves: ONNX Runtime refuses the session, as CPU fallback is off
+    FakeORT(monkeypatch, [TRT, CPU], cpu_ops={"MatMulIntegerToFloat"})
+    with pytest.raises(ProviderError, match="whole graph.*fallback to CPU EP has been explicitly disabled"):
+        P.build_engine(tiny_qdq, cache_dir=tmp_path)
+    # an EP-context model over one partition: its outputs are not the bundle's
+    fake = FakeORT(monkeypatch, ALL, context="part")
+    with pytest.raises(ProviderError, match=r"covers part of the graph only.*outputs \['/encoder/layer.0"):
+        P.build_engine(tiny_qdq, cache_dir=tmp_path)
+    assert not list(tmp_path.glob("tensorrt/*/model_ctx.onnx")) and not list(tmp_path.glob("tensorrt/*/*.json"))
+    monkeypatch.setenv("EDGE_BGE_CACHE_DIR", str(tmp_path))
+    Embedder(tiny_qdq, providers="tensorrt")
+    assert fake.sessions[-1].path.endswith("model.onnx")  # nothing half-built is loaded
+
+
+def test_context_io_reads_onnx_without_onnx(tiny_qdq, tmp_path):
+    import onnx
+
+    from edge_bge.providers.build import context_io
+
+    path = tiny_qdq / MODEL_NAME
+    model = onnx.load(str(path), load_external_data=False)
+    inputs, outputs, ops = context_io(path)
+    assert inputs == [i.name for i in model.graph.input] and outputs == [o.name for o in model.graph.output]
+    assert ops == [n.op_type for n in model.graph.node]
+    write_context_model(tmp_path / "ctx.onnx", "all")
+    assert context_io(tmp_path / "ctx.onnx") == (list(BERT_INPUTS), ["embedding"], ["EPContext"])
+    (tmp_path / "bad.onnx").write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="truncated"):
+        context_io(tmp_path / "bad.onnx")
+
+
+# ---- placement: where the nodes ran ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("graph", ["cpu", "tensorrt"])
+def test_placement_from_onnxruntime_profile(graph, tiny_fp32, tiny_qdq, tmp_path):
+    """Real ONNX Runtime profiling on the CPU: every node of the optimized graph is in the placement."""
+    import onnx
+
+    bundle = {"cpu": tiny_fp32, "tensorrt": tiny_qdq}[graph]
+    opened = P.SessionRequest(bundle / MODEL_NAME, providers="cpu", placement=True).open()
+    found = opened.providers.placement
+    assert found is not None and found.nodes == {CPU: 1.0} and found.time == {CPU: 1.0}
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(bundle / MODEL_NAME), options, providers=[CPU])
+    nodes = onnx.load(str(tmp_path / "optimized.onnx")).graph.node
+    assert sorted(r.op for r in found.runs) == sorted(n.op_type for n in nodes)  # one run per node
+    assert {n.name for n in nodes if n.name} <= {r.name for r in found.runs}
+    shape_ops = {r.op for r in found.runs if r.shape_only}
+    assert shape_ops <= {"Shape", "Gather", "Unsqueeze", "Concat", "Slice", "Squeeze", "Cast", "Reshape"}
+    assert bool(shape_ops) is (graph == "tensorrt")  # the unfused graph computes shapes; the fused one does not
+    assert {"MatMul", "Attention", "MatMulInteger", "DequantizeLinear"} & {r.op for r in found.compute}
+    report = found.to_dict()
+    assert report["nodes"] == {CPU: 1.0} and report["compute_nodes"] == len(found.compute) > 0
+    assert report["shape_nodes"] == len(found.runs) - len(found.compute)
+    assert f"{len(found.compute)} compute nodes: CPUExecutionProvider 100.0%" in found.describe()
+    assert P.SessionRequest(bundle / MODEL_NAME, providers="cpu").open().providers.placement is None
+
+
+AZURE = "AzureExecutionProvider"  # in every ONNX Runtime build; it runs no node of these graphs
+
+
+def test_strict_refuses_nodes_that_fell_to_the_cpu(monkeypatch, tiny_fp32):
+    """Real ONNX Runtime: a provider on a device that runs none of the nodes (Azure's, made a device
+    provider here) registers fine, and only the profile shows every node on the CPU."""
+    if AZURE not in ort.get_available_providers():
+        pytest.fail(f"this ONNX Runtime build has no {AZURE}")
+    device = registry.Provider(AZURE, io_device="cpu")
+    monkeypatch.setattr(registry, "PROVIDERS", (*registry.PROVIDERS, device))
+    with pytest.raises(
+        ProviderError,
+        match=r"AzureExecutionProvider runs 0\.0% of the graph's \d+ compute nodes; "
+        r"\d+ fell to CPUExecutionProvider: .*\(MatMul\)",
+    ):
+        Embedder(tiny_fp32, providers=[AZURE, CPU])
+    model = Embedder(tiny_fp32, providers=[AZURE, CPU], strict=False)
+    assert model.providers == [AZURE, CPU] and model.providers.placement.nodes == {CPU: 1.0}
+    np.testing.assert_allclose(model.embed(["a cat"]), Embedder(tiny_fp32, providers="cpu").embed(["a cat"]), atol=1e-6)
+
+
+def test_cpu_target_int8_on_cuda_is_refused_in_strict_mode(monkeypatch, machine, tmp_path, caplog):
+    cpu_int8 = manifest(precision=Precision.INT8, target=Target.CPU, scheme="dynamic-int8")
+    FakeORT(monkeypatch, ALL, cpu_ops={"MatMulIntegerToFloat"})
+    with pytest.raises(
+        ProviderError,
+        match=r"CUDAExecutionProvider runs 66\.7% of the graph's 6 compute nodes; "
+        r"2 fell to CPUExecutionProvider: /layer.1/MatMul \(MatMulIntegerToFloat\), /layer.3/MatMul"
+        r".*export with --target tensorrt",
+    ):
+        P.open_session("m.onnx", manifest=cpu_int8, providers="cuda", max_batch_tokens=8192, cache_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="edge_bge"):
+        s = P.open_session("m.onnx", manifest=cpu_int8, max_batch_tokens=8192, cache_dir=tmp_path)  # auto: warns
+    assert s.providers[0] == TRT and "2 fell to CPUExecutionProvider" in caplog.text
+    assert s.providers.placement.nodes == {TRT: 4 / 6, CPU: 2 / 6}
+    FakeORT(monkeypatch, ALL)  # every compute node on the GPU; Shape and Concat on the CPU do not count
+    s = P.open_session("m.onnx", manifest=manifest(), providers="cuda", max_batch_tokens=8192, cache_dir=tmp_path)
+    assert s.providers.placement.nodes == {CUDA: 1.0} and s.providers.placement.time[CPU] == pytest.approx(2 / 8)
+    assert P.shortfall(s.providers.placement, s.providers, P.GPU_PROVIDERS) == []
+
+
+def test_fp16_option_never_reaches_cuda(monkeypatch, machine, tmp_path, caplog):
+    fake = FakeORT(monkeypatch, ALL)  # it rejects unknown options as ONNX Runtime does
+    with caplog.at_level(logging.WARNING, logger="edge_bge"):
+        P.open_session("m.onnx", manifest=manifest(), providers=[(CUDA, {"fp16": True})], max_batch_tokens=8192)
+    assert fake.sessions[-1].options(CUDA) == {"device_id": 0, "arena_extend_strategy": "kSameAsRequested"}
+    assert "CUDAExecutionProvider ignores edge-bge's 'fp16' option" in caplog.text
+    chain = [(TRT, {"fp16": True}), (CUDA, {"fp16": True})]
+    P.open_session("m.onnx", manifest=manifest(), providers=chain, max_batch_tokens=8192, cache_dir=tmp_path)
+    assert fake.sessions[-1].options(TRT)["trt_fp16_enable"] is True and "fp16" not in fake.sessions[-1].options(CUDA)
+
+
+def test_gpu_sessions_preload_cuda_libraries(monkeypatch, machine, tmp_path, caplog, capsys):
+    calls = []
+
+    def preload(**kw):
+        calls.append(kw)
+        print("Failed to load /site-packages/nvidia/cudnn/lib/libcudnn.so.9")
+
+    FakeORT(monkeypatch, ALL)
+    monkeypatch.setattr(ort, "preload_dlls", preload, raising=False)
+    M.preload_gpu_libraries.cache_clear()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="edge_bge"):
+            P.open_session("m.onnx", manifest=manifest(), providers="cpu")
+            assert calls == []  # a CPU session needs no CUDA
+            for _ in range(2):
+                P.open_session("m.onnx", manifest=manifest(), providers="cuda", cache_dir=tmp_path)
+        assert calls == [{}] and "libcudnn.so.9" in caplog.text and "libcudnn" not in capsys.readouterr().out
+        M.preload_gpu_libraries.cache_clear()
+        monkeypatch.delattr(ort, "preload_dlls")  # ONNX Runtime before 1.21
+        assert M.preload_gpu_libraries() is False
+    finally:
+        M.preload_gpu_libraries.cache_clear()
+
+
+def test_info_providers_check(monkeypatch, machine, tmp_path, tiny_fp32, capsys):
+    from edge_bge.cli import main
+
+    assert main(["info", str(tiny_fp32), "--providers-check", "--providers", "cpu", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["providers"]
+    assert report["chosen"] == [CPU] and report["placement"]["nodes"] == {CPU: 1.0}
+    assert report["placement"]["compute_nodes"] > 0 and report["placement"]["cpu_nodes"] == []
+    FakeORT(monkeypatch, ALL, cpu_ops={"MatMulIntegerToFloat"})  # a CPU-target int8 graph on CUDA
+    monkeypatch.setenv("EDGE_BGE_CACHE_DIR", str(tmp_path))
+    assert main(["info", str(tiny_fp32), "--providers-check", "--providers", "cuda"]) == 1
+    out = capsys.readouterr().out
+    assert "placement  6 compute nodes: CUDAExecutionProvider 66.7%, CPUExecutionProvider 33.3%" in out
+    assert "on CPUExecutionProvider: /layer.1/MatMul (MatMulIntegerToFloat)" in out
