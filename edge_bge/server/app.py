@@ -8,7 +8,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
@@ -19,28 +18,20 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__, providers
+from ..kinds import spec
 from .config import ServerConfig
-from .errors import ApiError, JSONResponse, dialect_for, from_exception, render
-from .errors import Kind as E
+from .dialects import dialect_for, routes
+from .errors import ApiError, JSONResponse, from_exception, render
+from .errors import ErrorKind as E
 from .logs import RequestIdMiddleware, current, event
 from .metrics import CONTENT_TYPE
 from .models import Registry, Served
+from .routes import Route
 from .service import Service
 
-__all__ = ["create_app", "Route"]
+__all__ = ["create_app", "OPS_ROUTES"]
 
 log = logging.getLogger("edge_bge")
-
-Handler = Callable[[Service, Request], Awaitable[Any]]
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    path: str
-    handler: Handler
-    summary: str
-    body: dict[str, Any] | None = None  # JSON schema of the request body, for /openapi.json
 
 
 # ---- operations routes -----------------------------------------------------------------------
@@ -60,7 +51,7 @@ async def info(service: Service, request: Request) -> Any:
     m, c = first.manifest, service.config
     model_type = (
         {"reranker": {"id2label": {"0": "LABEL_0"}}}
-        if m.kind.value == "reranker"
+        if "score" in spec(m.kind).ops
         else {"embedding": {"pooling": m.pooling.value if m.pooling else None}}
     )
     cpus, source = providers.cpu_budget()
@@ -208,8 +199,6 @@ def create_app(
     models: Registry | Sequence[Served], config: ServerConfig | None = None, *, service: Service | None = None
 ) -> FastAPI:
     """The ASGI application serving ``models``. Starting it (lifespan) starts the batchers and the warm-up."""
-    from . import openai_api, tei_api
-
     config = config or ServerConfig()
     registry = models if isinstance(models, Registry) else Registry(models)
     service = service or Service(registry, config)
@@ -225,14 +214,14 @@ def create_app(
     app = FastAPI(
         title="edge-bge",
         version=__version__,
-        description="BGE models on ONNX Runtime: OpenAI, text-embeddings-inference and Cohere/Jina compatible.",
+        description="BGE models on ONNX Runtime: OpenAI, text-embeddings-inference, Cohere/Jina and Ollama compatible.",
         docs_url=None,  # the docs pages load scripts from a CDN; /openapi.json stays
         redoc_url=None,
         lifespan=lifespan,
     )
     app.state.service = service
-    routes = [*OPS_ROUTES, *openai_api.ROUTES, *tei_api.ROUTES]
-    for route in routes:
+    served_routes = [*OPS_ROUTES, *routes()]
+    for route in served_routes:
         extra = None
         if route.body is not None:
             extra = {"requestBody": {"required": True, "content": {"application/json": {"schema": route.body}}}}
@@ -265,7 +254,7 @@ def create_app(
         return render(dialect_for(request.url.path), from_exception(exc))
 
     if config.api_key is not None:
-        app.add_middleware(ApiKeyMiddleware, key=config.api_key, service=service, paths={r.path for r in routes})
+        app.add_middleware(ApiKeyMiddleware, key=config.api_key, service=service, paths={r.path for r in served_routes})
     if config.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..embedder import DEFAULT_MAX_BATCH_TOKENS
+from ..batching import DEFAULT_MAX_BATCH_TOKENS
 from ..errors import InputError
 
 __all__ = ["ServerConfig"]

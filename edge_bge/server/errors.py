@@ -1,12 +1,8 @@
-"""HTTP errors: one table from error kind to status, and the JSON body each dialect expects.
+"""HTTP errors: one table from error kind to status; each dialect module writes its own error body.
 
-Every failure a route can meet becomes an ``ApiError`` with a ``Kind``; ``TABLE`` gives its HTTP
-status (as text-embeddings-inference's router does in one place), and ``render`` writes the body
-in the route's dialect:
-
-    OpenAI   {"error": {"message", "type", "param", "code"}}
-    TEI      {"error", "error_type"}
-    Cohere   {"message", "error_type"}     (also what Jina's clients read)
+Every failure a route can meet becomes an ``ApiError`` with an ``ErrorKind``; ``TABLE`` gives its
+HTTP status (as text-embeddings-inference's router does in one place), and ``render`` writes the
+body with the route's dialect (``error_body`` of openai_api, tei_api, cohere_api, ollama_api).
 
 4xx kinds are the client's fault (an aborted upload is 499, ``CLIENT_CLOSED``): they are counted
 by status in /metrics and never logged with a traceback; only ``INTERNAL`` is.
@@ -16,17 +12,20 @@ from __future__ import annotations
 
 import enum
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from ..errors import EdgeBGEError, InferenceError, InputError
 
-__all__ = ["ApiError", "Dialect", "Kind", "TABLE", "JSONResponse", "dialect_for", "from_exception", "render"]
+if TYPE_CHECKING:
+    from .routes import Dialect
+
+__all__ = ["ApiError", "ErrorKind", "TABLE", "JSONResponse", "from_exception", "render"]
 
 
-class Kind(str, enum.Enum):
+class ErrorKind(str, enum.Enum):
     INVALID_JSON = "invalid_json"
     VALIDATION = "validation"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
@@ -45,45 +44,30 @@ class Kind(str, enum.Enum):
 
 
 # kind -> (HTTP status, OpenAI error type)
-TABLE: dict[Kind, tuple[int, str]] = {
-    Kind.INVALID_JSON: (400, "invalid_request_error"),
-    Kind.VALIDATION: (422, "invalid_request_error"),
-    Kind.UNSUPPORTED: (400, "invalid_request_error"),
-    Kind.UNAUTHORIZED: (401, "authentication_error"),
-    Kind.NOT_FOUND: (404, "invalid_request_error"),
-    Kind.METHOD_NOT_ALLOWED: (405, "invalid_request_error"),
-    Kind.BODY_TIMEOUT: (408, "invalid_request_error"),
-    Kind.TOO_LARGE: (413, "invalid_request_error"),
-    Kind.UNSUPPORTED_MEDIA_TYPE: (415, "invalid_request_error"),
-    Kind.OVERLOADED: (429, "rate_limit_error"),
-    Kind.CLIENT_CLOSED: (499, "invalid_request_error"),
-    Kind.BACKEND: (500, "server_error"),
-    Kind.INTERNAL: (500, "server_error"),
-    Kind.UNAVAILABLE: (503, "server_error"),
-    Kind.TIMEOUT: (504, "server_error"),
+TABLE: dict[ErrorKind, tuple[int, str]] = {
+    ErrorKind.INVALID_JSON: (400, "invalid_request_error"),
+    ErrorKind.VALIDATION: (422, "invalid_request_error"),
+    ErrorKind.UNSUPPORTED: (400, "invalid_request_error"),
+    ErrorKind.UNAUTHORIZED: (401, "authentication_error"),
+    ErrorKind.NOT_FOUND: (404, "invalid_request_error"),
+    ErrorKind.METHOD_NOT_ALLOWED: (405, "invalid_request_error"),
+    ErrorKind.BODY_TIMEOUT: (408, "invalid_request_error"),
+    ErrorKind.TOO_LARGE: (413, "invalid_request_error"),
+    ErrorKind.UNSUPPORTED_MEDIA_TYPE: (415, "invalid_request_error"),
+    ErrorKind.OVERLOADED: (429, "rate_limit_error"),
+    ErrorKind.CLIENT_CLOSED: (499, "invalid_request_error"),
+    ErrorKind.BACKEND: (500, "server_error"),
+    ErrorKind.INTERNAL: (500, "server_error"),
+    ErrorKind.UNAVAILABLE: (503, "server_error"),
+    ErrorKind.TIMEOUT: (504, "server_error"),
 }
-
-
-class Dialect(str, enum.Enum):
-    OPENAI = "openai"
-    TEI = "tei"
-    COHERE = "cohere"
-
-
-def dialect_for(path: str) -> Dialect:
-    """The error dialect of a URL path: /v1/rerank is Cohere/Jina, other /v1/ routes OpenAI, the rest TEI."""
-    if path.rstrip("/") == "/v1/rerank":
-        return Dialect.COHERE
-    if path.startswith("/v1/"):
-        return Dialect.OPENAI
-    return Dialect.TEI
 
 
 class ApiError(Exception):
     """An answer other than 2xx; ``param`` names the request field at fault when there is one."""
 
     def __init__(
-        self, kind: Kind, message: str, *, param: str | None = None, headers: dict[str, str] | None = None
+        self, kind: ErrorKind, message: str, *, param: str | None = None, headers: dict[str, str] | None = None
     ) -> None:
         super().__init__(message)
         self.kind, self.message, self.param, self.headers = kind, message, param, headers or {}
@@ -98,14 +82,14 @@ def from_exception(exc: BaseException) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, ClientDisconnect):  # a client fault, not ours: 499, no traceback
-        return ApiError(Kind.CLIENT_CLOSED, "the client closed the connection before sending the whole body")
+        return ApiError(ErrorKind.CLIENT_CLOSED, "the client closed the connection before sending the whole body")
     if isinstance(exc, InputError):
-        return ApiError(Kind.VALIDATION, str(exc))
+        return ApiError(ErrorKind.VALIDATION, str(exc))
     if isinstance(exc, InferenceError):
-        return ApiError(Kind.BACKEND, str(exc))
+        return ApiError(ErrorKind.BACKEND, str(exc))
     if isinstance(exc, EdgeBGEError):
-        return ApiError(Kind.BACKEND, str(exc))
-    return ApiError(Kind.INTERNAL, f"internal error ({type(exc).__name__}); see the server log")
+        return ApiError(ErrorKind.BACKEND, str(exc))
+    return ApiError(ErrorKind.INTERNAL, f"internal error ({type(exc).__name__}); see the server log")
 
 
 class JSONResponse(Response):
@@ -121,20 +105,11 @@ class JSONResponse(Response):
             return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
-def body(dialect: Dialect, err: ApiError) -> dict[str, Any]:
-    if dialect is Dialect.OPENAI:
-        return {
-            "error": {"message": err.message, "type": TABLE[err.kind][1], "param": err.param, "code": err.kind.value}
-        }
-    if dialect is Dialect.COHERE:
-        return {"message": err.message, "error_type": err.kind.value}
-    return {"error": err.message, "error_type": err.kind.value}
-
-
 def render(dialect: Dialect, err: ApiError) -> JSONResponse:
+    """The error answer in ``dialect``'s body, with Retry-After / WWW-Authenticate where they belong."""
     headers = dict(err.headers)
-    if err.kind in (Kind.OVERLOADED, Kind.UNAVAILABLE) and "Retry-After" not in headers:
+    if err.kind in (ErrorKind.OVERLOADED, ErrorKind.UNAVAILABLE) and "Retry-After" not in headers:
         headers["Retry-After"] = "1"
-    if err.kind is Kind.UNAUTHORIZED:
+    if err.kind is ErrorKind.UNAUTHORIZED:
         headers.setdefault("WWW-Authenticate", "Bearer")
-    return JSONResponse(body(dialect, err), status_code=err.status, headers=headers)
+    return JSONResponse(dialect.error_body(err), status_code=err.status, headers=headers)

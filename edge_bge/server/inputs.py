@@ -11,9 +11,18 @@ from starlette.requests import Request
 
 from .config import ServerConfig
 from .errors import ApiError
-from .errors import Kind as E
+from .errors import ErrorKind as E
 
-__all__ = ["PARSE_ON_LOOP_BYTES", "read_json", "texts", "flag", "optional_int", "one_text", "prompt_prefix"]
+__all__ = [
+    "PARSE_ON_LOOP_BYTES",
+    "check_dimensions",
+    "read_json",
+    "texts",
+    "flag",
+    "optional_int",
+    "one_text",
+    "prompt_prefix",
+]
 
 _JSON_TYPES = ("application/json",)
 # Bodies larger than this are parsed on a worker thread: json.loads of a few MB takes milliseconds
@@ -138,7 +147,7 @@ def texts(value: Any, param: str, config: ServerConfig, *, objects: bool = False
     if all(isinstance(v, int) and not isinstance(v, bool) for v in value) or all(
         isinstance(v, list) and v and all(isinstance(t, int) and not isinstance(t, bool) for t in v) for v in value
     ):
-        raise ApiError(E.VALIDATION, f"'{param}' holds token ids; {TOKEN_IDS_HINT}", param=param)
+        raise ApiError(E.UNSUPPORTED, f"'{param}' holds token ids; {TOKEN_IDS_HINT}", param=param)
     out: list[str] = []
     chars = 0
     for i, item in enumerate(value):
@@ -187,3 +196,16 @@ def prompt_prefix(data: dict[str, Any], query_instruction: str) -> str:
             E.VALIDATION, f"'prompt_name' must be \"query\" or null, got {json.dumps(name)[:40]}", param="prompt_name"
         )
     return query_instruction
+
+
+def check_dimensions(data: dict[str, Any], dim: int) -> None:
+    """``dimensions`` may only restate the model's own size (no Matryoshka truncation)."""
+    value = data.get("dimensions")
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value != dim:
+        raise ApiError(
+            E.VALIDATION,
+            f"this model gives {dim}-dimensional vectors; 'dimensions' must be {dim} or left out",
+            param="dimensions",
+        )

@@ -7,25 +7,24 @@ from collections.abc import Sequence
 from pathlib import PureWindowsPath
 from typing import Any
 
-from ..embedder import Embedder
 from ..errors import InputError
-from ..manifest import Kind, Manifest
-from ..reranker import Reranker
+from ..kinds import KINDS, Kind, kinds_with, spec
+from ..manifest import Manifest
+from ..model import load
 from ..tokenize import Encoded, TooLongError
 from .batcher import Batcher
 from .errors import ApiError
-from .errors import Kind as E
+from .errors import ErrorKind as E
 
 __all__ = ["Served", "Registry", "load_model", "OPS"]
 
-# What each bundle kind can do. "embed": dense vectors; "sparse": bge-m3 lexical weights;
-# "score": reranker logits for (query, passage) pairs.
-OPS: dict[Kind, tuple[str, ...]] = {
-    Kind.EMBEDDING: ("embed",),
-    Kind.M3: ("embed", "sparse"),
-    Kind.RERANKER: ("score",),
-}
-_NEEDS = {"embed": "an 'embedding' or 'm3'", "sparse": "an 'm3' (bge-m3)", "score": "a 'reranker'"}
+# What each bundle kind can do (edge_bge.kinds): "embed" dense vectors; "sparse" bge-m3 lexical
+# weights; "score" reranker logits for (query, passage) pairs.
+OPS: dict[Kind, tuple[str, ...]] = {k: s.ops for k, s in KINDS.items()}
+
+
+def _needs(op: str) -> str:
+    return " or ".join(spec(k).needs for k in kinds_with(op=op))
 
 
 def load_model(
@@ -44,7 +43,6 @@ def load_model(
     sleep when they run out of work instead of spin-waiting for more (``serve``'s default: less CPU per
     request between requests, and no CPU taken from other processes on a shared host).
     """
-    manifest = Manifest.load(path)
     options: dict[str, Any] = {
         "providers": providers,
         "threads": threads,
@@ -52,9 +50,7 @@ def load_model(
         "verify": verify,
         "spin": spin,
     }
-    if manifest.kind is Kind.RERANKER:
-        return Reranker(path, **options)
-    return Embedder(path, **options)
+    return load(path, **options)
 
 
 class Served:
@@ -119,7 +115,7 @@ class Served:
         machine's directory; a source id that is a path becomes its last name), no probe texts."""
         m = self.manifest
         source: dict[str, Any] = {}
-        for key in ("id", "revision"):
+        for key in ("id", "revision", "commit"):
             value = m.source.get(key)
             if isinstance(value, str) and (
                 value.startswith(("/", "~", ".", "\\")) or PureWindowsPath(value).is_absolute() or value.count("/") > 1
@@ -194,7 +190,7 @@ class Registry:
             if op is not None and op not in served.ops:
                 raise ApiError(
                     E.UNSUPPORTED,
-                    f"{route} needs {_NEEDS[op]} bundle; {name!r} is of kind {served.kind.value!r}",
+                    f"{route} needs {_needs(op)} bundle; {name!r} is of kind {served.kind.value!r}",
                     param="model",
                 )
             return served
@@ -202,5 +198,5 @@ class Registry:
             return able[0]
         raise ApiError(
             E.UNSUPPORTED,
-            f"{route} needs {_NEEDS[op]} bundle, and the loaded bundles do not support it: {self._loaded()}",
+            f"{route} needs {_needs(op)} bundle, and the loaded bundles do not support it: {self._loaded()}",
         )

@@ -1,4 +1,4 @@
-"""The OpenAI dialect: POST /v1/embeddings and GET /v1/models."""
+"""The OpenAI dialect: POST /v1/embeddings and GET /v1/models; errors as {"error": {message, type, param, code}}."""
 
 from __future__ import annotations
 
@@ -8,21 +8,22 @@ from typing import Any
 import numpy as np
 from starlette.requests import Request
 
-from .app import Route
-from .errors import ApiError
-from .errors import Kind as E
-from .inputs import read_json, texts
+from .errors import TABLE, ApiError
+from .errors import ErrorKind as E
+from .inputs import check_dimensions, read_json, texts
+from .routes import STRINGS, Route
 from .service import Service
 
-__all__ = ["ROUTES", "check_dimensions"]
+__all__ = ["NAME", "PREFIXES", "ROUTES", "error_body"]
 
-_STRINGS = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+NAME = "openai"
+PREFIXES = ("/v1/",)  # Cohere's /v1/ routes are claimed by cohere_api itself
 
 EMBEDDINGS_BODY = {
     "type": "object",
     "required": ["input"],
     "properties": {
-        "input": _STRINGS,
+        "input": STRINGS,
         "model": {"type": "string"},
         "encoding_format": {"type": "string", "enum": ["float", "base64"]},
         "dimensions": {"type": "integer"},
@@ -31,17 +32,8 @@ EMBEDDINGS_BODY = {
 }
 
 
-def check_dimensions(data: dict[str, Any], dim: int) -> None:
-    """``dimensions`` may only restate the model's own size (no Matryoshka truncation)."""
-    value = data.get("dimensions")
-    if value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value != dim:
-        raise ApiError(
-            E.VALIDATION,
-            f"this model gives {dim}-dimensional vectors; 'dimensions' must be {dim} or left out",
-            param="dimensions",
-        )
+def error_body(err: ApiError) -> dict[str, Any]:
+    return {"error": {"message": err.message, "type": TABLE[err.kind][1], "param": err.param, "code": err.kind.value}}
 
 
 def _b64(vector: np.ndarray) -> str:

@@ -38,7 +38,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from .. import providers
 from .app import create_app
 from .config import ServerConfig
-from .errors import ApiError, Dialect, JSONResponse, Kind, body
+from .dialects import DEFAULT
+from .errors import ApiError, ErrorKind, JSONResponse
 from .logs import event, use_json_logs
 from .metrics import Metrics
 from .models import Registry, Served
@@ -239,8 +240,8 @@ def build_server(service: Service, *, log_level: str = "warning") -> DrainingSer
     config = service.config
     app = create_app(service.registry, config, service=service)
     limit = connection_limit(config.max_connections, _fd_soft_limit())
-    refusal = ApiError(Kind.UNAVAILABLE, f"too many open connections (limit {limit}); retry later")
-    payload = JSONResponse(body(Dialect.TEI, refusal)).body
+    refusal = ApiError(ErrorKind.UNAVAILABLE, f"too many open connections (limit {limit}); retry later")
+    payload = JSONResponse(DEFAULT.error_body(refusal)).body
     head = (
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
         f"content-length: {len(payload)}\r\nretry-after: {config.retry_after}\r\nconnection: close\r\n\r\n"

@@ -18,7 +18,7 @@ from ..tokenize import Encoded
 from .batcher import Batcher, QueueFull, Stopped
 from .config import ServerConfig
 from .errors import ApiError, from_exception
-from .errors import Kind as E
+from .errors import ErrorKind as E
 from .logs import current, event
 from .memory import Trimmer
 from .metrics import Metrics

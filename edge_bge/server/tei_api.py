@@ -1,37 +1,42 @@
-"""The text-embeddings-inference dialect (/embed, /embed_sparse, /rerank, /tokenize) and Cohere/Jina /v1/rerank."""
+"""The text-embeddings-inference dialect: /embed, /embed_sparse, /rerank, /tokenize; errors as {error, error_type}."""
 
 from __future__ import annotations
 
 import json
-import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .app import Route
+from ..errors import InputError
+from ..quantize import DTYPES, quantizer
+from ..reranker import sigmoid
 from .errors import ApiError
-from .errors import Kind as E
-from .inputs import flag, one_text, optional_int, prompt_prefix, read_json, texts
+from .errors import ErrorKind as E
+from .inputs import check_dimensions, flag, one_text, prompt_prefix, read_json, texts
 from .models import Served
-from .openai_api import check_dimensions
+from .routes import STRINGS, Route
 from .service import Service
 
-__all__ = ["ROUTES"]
+__all__ = ["NAME", "PREFIXES", "ROUTES", "error_body", "pair_scores"]
 
-_STRINGS = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+NAME = "tei"
+PREFIXES: tuple[str, ...] = ()  # the default dialect (see dialects.DEFAULT)
 _EMBED_BODY = {
     "type": "object",
     "required": ["inputs"],
     "properties": {
-        "inputs": _STRINGS,
+        "inputs": STRINGS,
         "normalize": {"type": "boolean"},
         "truncate": {"type": "boolean"},
         "prompt_name": {"type": "string", "enum": ["query"]},
+        "dtype": {"type": "string", "enum": ["float32", "float16", "int8", "uint8", "binary", "ubinary"]},
         "model": {"type": "string"},
     },
 }
+_SPARSE_BODY = {**_EMBED_BODY, "properties": {k: v for k, v in _EMBED_BODY["properties"].items() if k != "dtype"}}
 _RERANK_BODY = {
     "type": "object",
     "required": ["query"],
@@ -45,26 +50,15 @@ _RERANK_BODY = {
         "model": {"type": "string"},
     },
 }
-_COHERE_BODY = {
-    "type": "object",
-    "required": ["query", "documents"],
-    "properties": {
-        "query": {"type": "string"},
-        "documents": {"type": "array", "items": {"oneOf": [{"type": "string"}, {"type": "object"}]}},
-        "top_n": {"type": "integer", "minimum": 1},
-        "return_documents": {"type": "boolean"},
-        "model": {"type": "string"},
-    },
-}
 _TOKENIZE_BODY = {
     "type": "object",
     "required": ["inputs"],
-    "properties": {"inputs": _STRINGS, "add_special_tokens": {"type": "boolean"}, "prompt_name": {"type": "string"}},
+    "properties": {"inputs": STRINGS, "add_special_tokens": {"type": "boolean"}, "prompt_name": {"type": "string"}},
 }
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+def error_body(err: ApiError) -> dict[str, Any]:
+    return {"error": err.message, "error_type": err.kind.value}
 
 
 async def _embed_inputs(service: Service, data: dict[str, Any], op: str, route: str) -> tuple[Served, list[str], bool]:
@@ -87,12 +81,25 @@ async def embed(service: Service, request: Request) -> Any:
             f"{served.name!r} L2-normalises inside its graph, so normalize=false cannot be served; leave it out",
             param="normalize",
         )
+    dtype, convert = _dtype(data, served)
     encoded = await service.tokenize(served, items, param="inputs", truncate=truncate)
     vectors = await service.submit(request, served, "embed", encoded)
+    if dtype in ("int8", "uint8", "binary", "ubinary"):  # from the model's own vectors, as the ranges were
+        return convert(vectors).tolist()
     if normalize and not served.manifest.normalize:
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         vectors = vectors / np.maximum(norms, 1e-12)
-    return vectors.tolist()
+    return convert(vectors).tolist()
+
+
+def _dtype(data: dict[str, Any], served: Served) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+    """The optional ``dtype`` field: compact vectors as ``Embedder.embed(dtype=...)`` gives them."""
+    dtype = data.get("dtype", "float32")
+    try:
+        return dtype, quantizer(dtype, served.manifest.quantization_ranges, bundle=repr(served.name))
+    except InputError as e:
+        kind = E.UNSUPPORTED if dtype in DTYPES else E.VALIDATION
+        raise ApiError(kind, f"'dtype': {e}", param="dtype") from None
 
 
 async def embed_sparse(service: Service, request: Request) -> Any:
@@ -104,7 +111,7 @@ async def embed_sparse(service: Service, request: Request) -> Any:
     return [[{"index": k, "value": float(v)} for k, v in sorted((int(k), v) for k, v in w.items())] for w in weights]
 
 
-async def _scores(
+async def pair_scores(
     service: Service, request: Request, served: Served, query: str, docs: list[str], param: str, truncate: bool
 ) -> tuple[np.ndarray, int]:
     pairs = [(query, d) for d in docs]
@@ -127,8 +134,8 @@ async def rerank(service: Service, request: Request) -> Any:
     raw = flag(data, "raw_scores", False)
     return_text = flag(data, "return_text", False)
     truncate = flag(data, "truncate", service.config.truncate)
-    logits, _ = await _scores(service, request, served, query, docs, param, truncate)
-    scores = logits if raw else _sigmoid(logits)
+    logits, _ = await pair_scores(service, request, served, query, docs, param, truncate)
+    scores = logits if raw else sigmoid(logits)
     out = []
     for i in np.argsort(-scores, kind="stable"):
         row: dict[str, Any] = {"index": int(i), "score": float(scores[i])}
@@ -136,25 +143,6 @@ async def rerank(service: Service, request: Request) -> Any:
             row["text"] = docs[i]
         out.append(row)
     return out
-
-
-async def cohere_rerank(service: Service, request: Request) -> Any:
-    service.check_ready(request)
-    data = await read_json(request, service.config)
-    served = service.registry.pick("score", data.get("model"), route="/v1/rerank")
-    query = one_text(data.get("query"), "query")
-    docs = texts(data.get("documents"), "documents", service.config, objects=True)
-    top_n = optional_int(data, "top_n")
-    return_documents = flag(data, "return_documents", False)
-    logits, total = await _scores(service, request, served, query, docs, "documents", service.config.truncate)
-    scores = _sigmoid(logits)
-    results = []
-    for i in np.argsort(-scores, kind="stable")[:top_n]:
-        row: dict[str, Any] = {"index": int(i), "relevance_score": float(scores[i])}
-        if return_documents:
-            row["document"] = {"text": docs[i]}
-        results.append(row)
-    return {"id": str(uuid.uuid4()), "model": served.name, "results": results, "usage": {"total_tokens": total}}
 
 
 # Tokens per json.dumps call when writing a /tokenize answer (up to 2048 texts of max_length tokens
@@ -198,8 +186,7 @@ async def tokenize(service: Service, request: Request) -> Any:
 
 ROUTES = [
     Route("POST", "/embed", embed, "TEI: dense embeddings", _EMBED_BODY),
-    Route("POST", "/embed_sparse", embed_sparse, "TEI: bge-m3 sparse (lexical) weights per token id", _EMBED_BODY),
+    Route("POST", "/embed_sparse", embed_sparse, "TEI: bge-m3 sparse (lexical) weights per token id", _SPARSE_BODY),
     Route("POST", "/rerank", rerank, "TEI: score texts against a query with a reranker bundle", _RERANK_BODY),
     Route("POST", "/tokenize", tokenize, "TEI: the tokens a text becomes", _TOKENIZE_BODY),
-    Route("POST", "/v1/rerank", cohere_rerank, "Cohere/Jina rerank: index and relevance_score", _COHERE_BODY),
 ]

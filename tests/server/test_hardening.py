@@ -11,13 +11,9 @@ import json
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -30,44 +26,8 @@ from edge_bge.errors import ModelFilesError
 from edge_bge.server import load_model
 from edge_bge.server.run import FD_RESERVE, GuardedH11Protocol
 
-from .test_server import Gated, cos, free_port, metric, post_async, running, wait_metric, wait_ready
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-# ``edge-bge serve`` with a soft RLIMIT_NOFILE set first (no preexec_fn: pytest's process has threads)
-_SERVE_LIMITED = (
-    "import resource, runpy, sys\n"
-    "soft = int(sys.argv.pop(1))\n"
-    "resource.setrlimit(resource.RLIMIT_NOFILE, (soft, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
-    "runpy.run_module('edge_bge', run_name='__main__')\n"
-)
-
-
-@contextlib.contextmanager
-def serve_process(bundle: Path, *args: str, nofile: int | None = None, tmp: Path) -> Iterator[SimpleNamespace]:
-    """``edge-bge serve BUNDLE ARGS`` in a process of its own (optionally with a soft RLIMIT_NOFILE)."""
-    port = free_port()
-    log_path = tmp / f"serve-{port}.log"
-    start = (
-        [sys.executable, "-m", "edge_bge"] if nofile is None else [sys.executable, "-c", _SERVE_LIMITED, str(nofile)]
-    )
-    cmd = [*start, "serve", str(bundle), "--port", str(port), *args]
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    s = SimpleNamespace(url=url, port=port, proc=proc, log=lambda: log_path.read_text())
-    try:
-        wait_ready(url, 90)
-        yield s
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+from ..helpers import ROOT
+from .helpers import Gated, cos, metric, post_async, running, serve_process, wait_metric, wait_ready
 
 
 def raw(port: int, data: bytes = b"") -> socket.socket:
@@ -385,7 +345,8 @@ def test_info_shows_no_local_paths(tiny, minilm_fp32):
                 assert str(value) not in text  # e.g. the build machine's checkpoint directory
     assert "/tmp" not in text and str(Path.home()) not in text and str(ROOT) not in text
     tiny_info, minilm_info = info["models"]
-    assert minilm_info["source"] == {"id": "sentence-transformers/all-MiniLM-L6-v2", "revision": "main"}
+    # the packaged checkpoint pins no revision and has no hub commit: only the id is shown
+    assert minilm_info["source"] == {"id": "sentence-transformers/all-MiniLM-L6-v2"}
     assert tiny_info["source"]["id"] == Path(tiny.manifest.source["id"]).name
     assert minilm_info["files"] == minilm.manifest.files and len(minilm_info["files"]["model.onnx"]) == 64
     assert minilm_info["parity"]["summary"] == minilm.manifest.parity["summary"]

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,109 +29,10 @@ from edge_bge import Embedder
 from edge_bge.server import Registry, Served, ServerConfig, Service
 from edge_bge.server.batcher import Batcher, QueueFull
 from edge_bge.server.metrics import Metrics
-from edge_bge.server.run import DrainingServer, build_server
+from edge_bge.server.run import DrainingServer
 
-from .conftest import corpus_texts
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-# ---- helpers ---------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running(models: list[Any], **config: Any) -> Iterator[SimpleNamespace]:
-    """The server ``edge-bge serve`` runs (build_server), on a free loopback port, in a thread, for the block."""
-    cfg = ServerConfig(port=free_port(), **config)
-    server = build_server(Service(Registry([m if isinstance(m, Served) else Served(m) for m in models]), cfg))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    url = f"http://127.0.0.1:{cfg.port}"
-    try:
-        client = httpx.Client(base_url=url)
-        yield SimpleNamespace(
-            url=url, port=cfg.port, service=server.service, server=server, thread=thread, client=client
-        )
-    finally:
-        server.should_exit = True
-        thread.join(60)
-
-
-def wait_ready(url: str, timeout: float = 60, headers: dict[str, str] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url + "/ready", headers=headers).status_code == 200:
-                return
-        time.sleep(0.05)
-    raise AssertionError("server never became ready")
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one series in Prometheus text (0 when absent)."""
-    for line in text.splitlines():
-        m = re.fullmatch(r"([a-z_]+)(?:\{(.*)\})? (\S+)", line)
-        if not m or m.group(1) != name:
-            continue
-        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
-        if all(got.get(k) == v for k, v in labels.items()):
-            return float(m.group(3))
-    return 0.0
-
-
-def wait_metric(url: str, name: str, value: float, timeout: float = 20, **labels: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if metric(httpx.get(url + "/metrics").text, name, **labels) == value:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{name}{labels} never reached {value}")
-
-
-def cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = np.atleast_2d(a), np.atleast_2d(b)
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-
-
-class Gated:
-    """An Embedder whose runs wait for ``gate``: makes queueing observable without relying on timing."""
-
-    def __init__(self, model: Embedder) -> None:
-        self._model = model
-        self.gate = threading.Event()
-        self.entered = threading.Event()
-        self.calls: list[list[str]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
-
-    def embed_encoded(self, encoded: Any) -> np.ndarray:
-        """The server's way in (inputs tokenized once per request); ``calls`` records them as text."""
-        decode = self._model.tokenizer.tokenizer.decode
-        self.calls.append([decode(e.ids.tolist(), skip_special_tokens=True) for e in encoded])
-        self.entered.set()
-        assert self.gate.wait(60)
-        return self._model.embed_encoded(encoded)
-
-
-def post_async(url: str, path: str, body: Any, results: list[Any]) -> threading.Thread:
-    def go() -> None:
-        try:
-            results.append(httpx.post(url + path, json=body, timeout=60))
-        except Exception as e:  # recorded for the assertion
-            results.append(e)
-
-    thread = threading.Thread(target=go, daemon=True)
-    thread.start()
-    return thread
+from ..helpers import ROOT, corpus_texts
+from .helpers import Gated, cos, free_port, metric, post_async, running, wait_metric, wait_ready
 
 
 # ---- fixtures ----------------------------------------------------------------------------------
@@ -186,7 +84,7 @@ def test_base64_is_little_endian_float32(srv, tiny):
 
 def test_openai_client_sees_errors_it_can_read(srv, minilm):
     client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
-    with pytest.raises(openai.UnprocessableEntityError) as e:
+    with pytest.raises(openai.BadRequestError) as e:  # 400: token ids are not served, whatever their values
         client.embeddings.create(model=minilm.manifest.name, input=[[101, 2023]])
     assert "check_embedding_ctx_length=False" in e.value.message
     with pytest.raises(openai.NotFoundError) as e:
@@ -295,8 +193,8 @@ BAD = [
     ("/v1/embeddings", {"input": ["a", None]}, None, 422, "validation", "input[1] is null"),
     ("/v1/embeddings", {"input": ["a", 3]}, None, 422, "validation", "input[1] is number"),
     ("/v1/embeddings", {"input": {"text": "a"}}, None, 422, "validation", "got object"),
-    ("/v1/embeddings", {"input": [101, 2023, 102]}, None, 422, "validation", "check_embedding_ctx_length=False"),
-    ("/v1/embeddings", {"input": [[101, 2023], [7]]}, None, 422, "validation", "token ids"),
+    ("/v1/embeddings", {"input": [101, 2023, 102]}, None, 400, "unsupported", "check_embedding_ctx_length=False"),
+    ("/v1/embeddings", {"input": [[101, 2023], [7]]}, None, 400, "unsupported", "token ids"),
     ("/v1/embeddings", b'{"input": "ok \\ud800"}', "application/json", 422, "validation", "not valid Unicode"),
     ("/v1/embeddings", b'{"input": ["a", "\\udfff"]}', "application/json", 422, "validation", "input[1]"),
     ("/v1/embeddings", b'{"input": "a",}', "application/json", 400, "invalid_json", "not valid JSON"),
