@@ -27,7 +27,9 @@ import psutil
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from int8 import BUNDLES, CORPUS, RESULTS, cpu_flags, cpu_model, export  # noqa: E402
+from int8 import BUNDLES, CORPUS, RESULTS, export  # noqa: E402
+
+from edge_bge.bench import cpu_flags, cpu_model  # noqa: E402
 
 JOB = """
 import json, sys, time

@@ -159,23 +159,9 @@ def op_profile(bundle: Path, data: list[str], threads: int) -> dict[str, float]:
     return {k: v / total for k, v in by.most_common()}
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
-def cpu_flags() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            return ", ".join(f for f in ("avx2", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags) or "none"
-    return "unknown"
-
-
 def run(args: argparse.Namespace) -> dict:
     from edge_bge import Embedder
+    from edge_bge.bench import cpu_flags, cpu_model
 
     BUNDLES.mkdir(parents=True, exist_ok=True)
     minilm = {

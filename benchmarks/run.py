@@ -265,6 +265,8 @@ def run_all(args: argparse.Namespace) -> dict:
     import numpy as np
     from tokenizers import Tokenizer
 
+    from edge_bge.bench import cpu_model
+
     RESULTS.mkdir(parents=True, exist_ok=True)
     bundles = {"fp32": ensure_bundle(Path(args.fp32), "fp32"), "int8": ensure_bundle(Path(args.int8), "int8")}
     plain = build_plain(RESULTS / "plain_onnx")
@@ -373,18 +375,6 @@ def run_all(args: argparse.Namespace) -> dict:
             "edge int8 / fastembed int8": ratio("edge-bge int8", "fastembed int8"),
         },
     }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
 
 
 def fmt(v: float | None, spec: str) -> str:

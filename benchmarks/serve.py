@@ -33,7 +33,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from run import cpu_model  # benchmarks/run.py, beside this script
+
+from edge_bge.bench import cpu_model
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

@@ -40,7 +40,6 @@ import sys
 import time
 from pathlib import Path
 
-from run import cpu_model  # benchmarks/run.py, beside this script
 from serve import free_port, pct, wait_ready  # benchmarks/serve.py
 
 HERE = Path(__file__).resolve().parent
@@ -297,6 +296,8 @@ def write_md(res: dict, path: Path) -> None:
 
 
 def main() -> int:
+    from edge_bge.bench import cpu_model
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short phases, one round (debugging)")
     ap.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)

@@ -24,6 +24,7 @@ from .embedder import Embedder  # noqa: E402
 from .errors import EdgeBGEError, InferenceError, InputError, ManifestError, ModelFilesError, ProviderError
 from .m3 import M3Output
 from .manifest import Manifest
+from .model import load
 from .reranker import Reranker, RerankResult
 
 __version__ = "0.1.0"
@@ -41,4 +42,5 @@ __all__ = [
     "RerankResult",
     "Reranker",
     "__version__",
+    "load",
 ]

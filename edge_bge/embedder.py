@@ -4,135 +4,31 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, overload
 
 import numpy as np
 
-from . import batching
-from . import providers as _providers
-from .bundle import Bundle
-from .errors import InferenceError, InputError
+from .batching import DEFAULT_MAX_BATCH_TOKENS, GPU_MAX_BATCH_TOKENS
+from .errors import InputError
+from .kinds import KINDS, spec
 from .m3 import M3Output, hybrid_scores, lexical_weights
-from .manifest import Kind, Manifest
-from .tokenize import GROUP, Encoded, TextTokenizer, as_sequence, check_pairs, check_texts
+from .model import Model, progress_bar
+from .tokenize import Encoded, as_sequence, check_pairs, check_texts
 
 __all__ = ["Embedder", "DEFAULT_MAX_BATCH_TOKENS", "GPU_MAX_BATCH_TOKENS"]
 
 log = logging.getLogger("edge_bge")
 
-# Padded tokens per ONNX Runtime call. On CPU small calls are fastest (they stay in cache:
-# MiniLM int8 on 2 cores gave 131 texts/s at 1024 tokens, 117 at 4096, 100 at 8192) and hold
-# the least memory (peak RSS 216 MB at 1024, 568 MB at 8192 over the benchmark corpus). A GPU
-# wants large calls. A text longer than the budget still runs, in a batch of its own.
-DEFAULT_MAX_BATCH_TOKENS = 1024
-GPU_MAX_BATCH_TOKENS = 16384
 
-
-class _Model:
-    """What Embedder and Reranker share: bundle, tokenizer, session, batched runs."""
-
-    _kinds: tuple[Kind, ...] = ()
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        providers: str | Sequence[Any] = "auto",
-        threads: int | None = None,
-        max_batch_tokens: int | None = None,
-        strict: bool = True,
-        truncate: bool = True,
-        verify: bool = True,
-        spin: bool = True,
-    ) -> None:
-        if max_batch_tokens is None:
-            gpu = _providers.wants_gpu(providers)
-            max_batch_tokens = GPU_MAX_BATCH_TOKENS if gpu else DEFAULT_MAX_BATCH_TOKENS
-        if max_batch_tokens < 1:
-            raise InputError(f"max_batch_tokens must be positive, got {max_batch_tokens}")
-        self.bundle = Bundle(path, verify=verify)
-        self.manifest: Manifest = self.bundle.manifest
-        if self.manifest.kind not in self._kinds:
-            raise InputError(
-                f"{path} is a {self.manifest.kind.value!r} bundle; {type(self).__name__} takes "
-                f"{' or '.join(repr(k.value) for k in self._kinds)}"
-            )
-        self.max_batch_tokens = max_batch_tokens
-        self.truncate = truncate
-        self.tokenizer = TextTokenizer(self.bundle.tokenizer_path, max_length=self.manifest.max_length)
-        opened = _providers.open_session(
-            self.bundle.model_path,
-            manifest=self.manifest,
-            providers=providers,
-            threads=threads,
-            strict=strict,
-            max_batch_tokens=max_batch_tokens,
-            spin=spin,  # ONNX Runtime's threads spin-wait for work (faster on idle cores); False: they sleep
-        )
-        self.session = opened.session
-        self.manifest.check_session(self.session)  # names, types and dims against the loaded graph
-        # the providers the session got; .requested: the chain asked for; .options: what each was given
-        self.providers: _providers.SessionProviders = opened.providers
-        self._device_run = opened.run  # IO binding on CUDA / TensorRT; None on the CPU
-
-    @property
-    def max_length(self) -> int:
-        return self.manifest.max_length
-
-    def _run(self, batch: batching.Batch, outputs: Sequence[str]) -> list[np.ndarray]:
-        try:
-            if self._device_run is not None:
-                return self._device_run(outputs, batch.feeds)
-            return self.session.run(list(outputs), batch.feeds)
-        except Exception as e:  # onnxruntime raises its own, unrelated exception classes
-            raise InferenceError(f"ONNX Runtime failed on a batch of {len(batch.index)} texts: {e}") from e
-
-    @property
-    def chunk_size(self) -> int:
-        """Texts tokenized ahead of the model: memory holds one chunk's token ids, never the whole input."""
-        return max(GROUP, min(4096, 2**20 // self.max_length))
-
-    def _chunks(self, items: Sequence[Any], tokenize: Any) -> Iterator[tuple[int, list[Encoded]]]:
-        """(offset, encodings) of consecutive chunks of ``items``."""
-        step = self.chunk_size
-        for start in range(0, len(items), step):
-            yield start, tokenize(items[start : start + step], offset=start)
-
-    def _batches(self, encodings: Sequence[Encoded]) -> Iterator[batching.Batch]:
-        return batching.batches(
-            encodings,
-            inputs=self.manifest.inputs,
-            pad_id=self.tokenizer.pad_id,
-            max_batch_tokens=self.max_batch_tokens,
-        )
-
-    def __repr__(self) -> str:
-        m = self.manifest
-        return f"{type(self).__name__}({m.name!r}, {m.precision.value}, {m.target.value}, providers={self.providers})"
-
-
-def progress_bar(total: int, enabled: bool, *, unit: str = "text", **options: Any) -> Any:
-    """A tqdm bar, or None when not enabled or tqdm is missing (then said once in the log)."""
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        log.warning("a progress bar needs tqdm: pip install tqdm")
-        return None
-    return tqdm(total=total, unit=unit, desc="embedding", **options)
-
-
-class Embedder(_Model):
+class Embedder(Model):
     """Dense embeddings from an ``embedding`` or ``m3`` bundle.
 
     ``embed(texts)`` returns float32 [n, dim] in input order ([dim] for one str); vectors are
     L2-normalised where the manifest says ``normalize``.
     """
 
-    _kinds = (Kind.EMBEDDING, Kind.M3)
+    _kinds = tuple(k for k, s in KINDS.items() if s.model == "Embedder")
 
     @property
     def dim(self) -> int:
@@ -140,7 +36,7 @@ class Embedder(_Model):
 
     @property
     def _output(self) -> str:
-        return "dense" if self.manifest.kind is Kind.M3 else "embedding"
+        return spec(self.manifest.kind).main
 
     def tokenize(self, texts: Sequence[str], *, offset: int = 0) -> list[Encoded]:
         """Token ids per text as the model sees them (truncated unless the Embedder says otherwise).
@@ -163,17 +59,22 @@ class Embedder(_Model):
         return counts
 
     @overload
-    def embed(self, texts: str, *, show_progress: bool = ...) -> np.ndarray: ...
+    def embed(self, texts: str, *, show_progress: bool = ..., dtype: str = ...) -> np.ndarray: ...
     @overload
-    def embed(self, texts: Sequence[str], *, show_progress: bool = ...) -> np.ndarray: ...
+    def embed(self, texts: Sequence[str], *, show_progress: bool = ..., dtype: str = ...) -> np.ndarray: ...
 
-    def embed(self, texts: str | Sequence[str], *, show_progress: bool = False) -> np.ndarray:
+    def embed(self, texts: str | Sequence[str], *, show_progress: bool = False, dtype: str = "float32") -> np.ndarray:
         """float32 [n, dim] for a list of texts, [dim] for one str.
 
-        Texts are tokenized a chunk at a time as the model goes: memory is bounded by the chunk and
-        the output, not by the input."""
+        ``dtype`` gives compact vectors (``edge_bge.quantize``): "float16", "int8" / "uint8" ([n, dim],
+        by the per-dimension ranges the export recorded), "binary" (int8) / "ubinary" (uint8): packed
+        bits, [n, ceil(dim / 8)]. Texts are tokenized a chunk at a time as the model goes: memory is
+        bounded by the chunk and the output, not by the input."""
+        from .quantize import quantizer
+
+        convert = quantizer(dtype, self.manifest.quantization_ranges, bundle=f"bundle {self.manifest.name!r}")
         if isinstance(texts, str):
-            return self.embed([texts])[0]
+            return self.embed([texts], show_progress=show_progress, dtype=dtype)[0]
         texts = as_sequence(texts)
         check_texts(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
@@ -187,7 +88,7 @@ class Embedder(_Model):
         finally:
             if bar is not None:
                 bar.close()
-        return out
+        return out if dtype == "float32" else convert(out)
 
     def embed_encoded(self, encoded: Sequence[Encoded]) -> np.ndarray:
         """float32 [n, dim] for inputs already tokenized by ``tokenize``."""
@@ -218,7 +119,7 @@ class Embedder(_Model):
         self, texts: str | Sequence[str], *, dense: bool = True, sparse: bool = False, colbert: bool = False
     ) -> M3Output:
         """bge-m3 outputs for each text: dense [n, dim], lexical weights, ColBERT vectors."""
-        if self.manifest.kind is not Kind.M3:
+        if not spec(self.manifest.kind).multi_output:
             raise InputError(
                 f"encode() needs a bge-m3 bundle; {self.manifest.name} is {self.manifest.kind.value!r}: use embed()"
             )

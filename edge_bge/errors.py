@@ -6,7 +6,9 @@
     ├── ModelFilesError    a bundle file missing, altered (sha256), or pointing outside the bundle
     ├── ProviderError      an execution provider asked for but not loaded by ONNX Runtime
     ├── InputError         bad user input (also a ValueError): wrong types, untokenizable text
-    └── InferenceError     ONNX Runtime failed while running a batch
+    ├── InferenceError     ONNX Runtime failed while running a batch
+    └── BulkError          a bulk job that cannot start as asked: unreadable input, unusable bundle,
+                           an output folder of another job (edge-bge embed --out exits 2)
 
 The export half adds ``ExportError`` -> ``ParityError`` (``edge_bge_export.errors``).
 """
@@ -14,6 +16,7 @@ The export half adds ``ExportError`` -> ``ParityError`` (``edge_bge_export.error
 from __future__ import annotations
 
 __all__ = [
+    "BulkError",
     "EdgeBGEError",
     "InferenceError",
     "InputError",
@@ -46,3 +49,7 @@ class InputError(EdgeBGEError, ValueError):
 
 class InferenceError(EdgeBGEError):
     """ONNX Runtime failed while running the model."""
+
+
+class BulkError(EdgeBGEError):
+    """The job cannot start as asked: unreadable input, unusable bundle, output of another job (exit 2)."""

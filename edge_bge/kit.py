@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import EdgeBGEError, InputError
-from .manifest import MANIFEST_NAME, Kind, Manifest, sha256_file
+from .kinds import spec
+from .manifest import MANIFEST_NAME, Manifest, sha256_file
 
 __all__ = ["Target", "pack", "platform_tags", "runtime_wheel", "verify_bundle"]
 
@@ -58,15 +59,14 @@ _NETWORK = re.compile(
 def verify_bundle(path: str | os.PathLike[str]) -> str:
     """Check a bundle as the runtime loads it: the manifest, each file's sha256, the graph against the
     manifest (on the CPU provider), and one run. Returns a one-line summary; raises EdgeBGEError."""
-    from .embedder import Embedder
-    from .reranker import Reranker
+    from .model import load
 
     manifest = Manifest.load(path)
-    if manifest.kind is Kind.RERANKER:
-        reranker = Reranker(path, providers="cpu", verify=True)
-        result = np.asarray(reranker.score([("edge-bge verify", "a short passage")]))
+    model = load(path, providers="cpu", verify=True)
+    if "score" in spec(manifest.kind).ops:
+        result = np.asarray(model.score([("edge-bge verify", "a short passage")]))
     else:
-        result = Embedder(path, providers="cpu", verify=True).embed(["edge-bge verify"])
+        result = model.embed(["edge-bge verify"])
     if not np.all(np.isfinite(result)):
         raise EdgeBGEError(f"{path}: the graph loads but returns non-finite values")
     m = manifest

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ManifestError, ModelFilesError
+from .kinds import OUTPUTS, Kind, spec
 
 __all__ = [
     "FORMAT_VERSION",
@@ -34,12 +36,6 @@ MODEL_NAME = "model.onnx"
 TOKENIZER_NAME = "tokenizer.json"
 
 
-class Kind(str, enum.Enum):
-    EMBEDDING = "embedding"
-    M3 = "m3"
-    RERANKER = "reranker"
-
-
 class Pooling(str, enum.Enum):
     CLS = "cls"
     MEAN = "mean"
@@ -52,16 +48,18 @@ class Precision(str, enum.Enum):
 
 
 class Target(str, enum.Enum):
-    CPU_FUSED = "cpu-fused"  # ONNX Runtime's transformer fusions applied: for the CPU/CUDA providers
-    PLAIN = "plain"  # unfused graph: TensorRT does its own fusion
+    """What the graph is built for; the same names as ``edge-bge export --target``."""
 
+    CPU = "cpu"  # ONNX Runtime's transformer fusions applied: for the CPU (and CUDA) providers
+    TENSORRT = "tensorrt"  # the unfused graph: TensorRT does its own fusion
+    # older names, kept so that code written against them runs
+    CPU_FUSED = "cpu"
+    PLAIN = "tensorrt"
 
-# The outputs each kind's graph must have, in order.
-OUTPUTS: dict[Kind, tuple[str, ...]] = {
-    Kind.EMBEDDING: ("embedding",),
-    Kind.M3: ("dense", "sparse", "colbert"),
-    Kind.RERANKER: ("logits",),
-}
+    @classmethod
+    def _missing_(cls, value: object) -> Target | None:
+        """Manifests written before the names were unified say "cpu-fused" and "plain"."""
+        return {"cpu-fused": cls.CPU, "plain": cls.TENSORRT}.get(value) if isinstance(value, str) else None
 
 
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what the runtime can feed, all int64
@@ -126,6 +124,31 @@ def _object(data: dict[str, Any], name: str) -> dict[str, Any]:
     return dict(value)
 
 
+_NUMBER_LIST = re.compile(r"\[\n[-+0-9.eE,\s]*\]")
+
+
+def _ranges(value: Any) -> dict[str, list[float]] | None:
+    """``quantization_ranges``: null, or {"min": [dim numbers], "max": [dim numbers]} with min <= max
+    (the length is checked against the graph's dim in ``check_session``)."""
+    if value is None:
+        return None
+    expected = 'null or {"min": [dim numbers], "max": [dim numbers]} with min <= max'
+    if not isinstance(value, dict) or set(value) != {"min", "max"}:
+        raise _bad("quantization_ranges", expected, value if not isinstance(value, dict) else sorted(value))
+    low, high = value["min"], value["max"]
+    for side in (low, high):
+        if (
+            not isinstance(side, list)
+            or len(side) != len(low)
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in side)
+        ):
+            got = f"a list of {len(side)} values" if isinstance(side, list) else side
+            raise _bad("quantization_ranges", expected, got)
+    if any(a > b for a, b in zip(low, high, strict=True)):
+        raise _bad("quantization_ranges", expected, "min > max in some dimension")
+    return {"min": [float(v) for v in low], "max": [float(v) for v in high]}
+
+
 def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
@@ -160,6 +183,9 @@ class Manifest:
     special_token_ids: tuple[int, ...] = ()
     # rerankers: query tokens kept before the pair is built (FlagReranker: 3/4 of max_length)
     query_max_length: int | None = None
+    # embedders: per-dimension {"min": [dim], "max": [dim]} of the vectors of the export's calibration
+    # texts, for int8/uint8 output (edge_bge.quantize); None in bundles exported before they were recorded
+    quantization_ranges: dict[str, list[float]] | None = None
     format_version: int = FORMAT_VERSION
 
     # ---- (de)serialisation -------------------------------------------------------------------
@@ -180,7 +206,7 @@ class Manifest:
             raise ManifestError(f"manifest lacks required fields: {', '.join(missing)}")
         kind = _enum(Kind, data["kind"], "kind")
         pooling = None if data["pooling"] is None else _enum(Pooling, data["pooling"], "pooling")
-        if pooling is None and kind is not Kind.RERANKER:
+        if pooling is None and spec(kind).pooled:
             valid = ", ".join(repr(p.value) for p in Pooling)
             raise ManifestError(f"manifest field 'pooling' must be stated for kind {kind.value!r}: {valid}")
         if not isinstance(data["normalize"], bool):
@@ -244,6 +270,7 @@ class Manifest:
             optimization=_object(data, "optimization"),
             special_token_ids=tuple(special),
             query_max_length=query_max_length,
+            quantization_ranges=_ranges(data.get("quantization_ranges")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -257,7 +284,9 @@ class Manifest:
         return {"format_version": out.pop("format_version"), **out}
 
     def dumps(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+        # lists of numbers (token ids, ranges) on one line each; JSON strings hold no raw newline
+        return _NUMBER_LIST.sub(lambda m: json.dumps(json.loads(m.group(0))), text) + "\n"
 
     # ---- bundle access -----------------------------------------------------------------------
     @classmethod
@@ -334,3 +363,7 @@ class Manifest:
                 raise ManifestError(
                     f"manifest field 'dim' is {self.dim}; the graph's {name!r} output has {shape[-1]} (shape {shape})"
                 )
+        if self.quantization_ranges is not None and len(self.quantization_ranges["min"]) != self.dim:
+            raise ManifestError(
+                f"manifest field 'quantization_ranges' covers {len(self.quantization_ranges['min'])} dimensions; dim is {self.dim}"
+            )

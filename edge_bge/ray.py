@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from .bulk.output import empty_outputs
+from .bulk.rows import Row, part_rows_of, split_rows
 from .errors import EdgeBGEError
 from .manifest import MANIFEST_NAME
 
@@ -197,7 +199,6 @@ def run_parts(
     """Ray Data reads each part's rows (a task per part), actors embed them, and this process writes
     each part as its rows come back, in order: the same parts and bulk.json as the local path."""
     ray = _ray()
-    from . import bulk
 
     if not parts:
         return
@@ -212,7 +213,7 @@ def run_parts(
 
     def read(item: dict[str, Any]) -> list[dict[str, Any]]:
         part = by_name[item["name"]]
-        rows = bulk.part_rows_of(part, field=field, id_field=id_field)
+        rows = part_rows_of(part, field=field, id_field=id_field)
         return [
             {
                 "part": part.name,
@@ -280,20 +281,18 @@ def _write(
 ) -> None:
     import pyarrow as pa
 
-    from . import bulk
-
     table = pa.concat_tables(tables) if tables else None
     sparse, colbert = options["sparse"], options["colbert"]
     rows, outputs_at = [], []
     if table is not None:
         ids, is_row, row_numbers, reasons = (table.column(c).to_pylist() for c in ("id", "id_is_row", "row", "reason"))
         for i, (ident, numbered, row, reason) in enumerate(zip(ids, is_row, row_numbers, reasons, strict=True)):
-            rows.append(bulk.Row(0, row, row if numbered else ident, None, reason or None))
+            rows.append(Row(0, row, row if numbered else ident, None, reason or None))
             outputs_at.append(i)
-    good, bad = bulk.split_rows(part, rows, options["skip_bad"])
+    good, bad = split_rows(part, rows, options["skip_bad"])
     keep = [i for i, r in zip(outputs_at, rows, strict=True) if r.reason is None]
     dim = writer.dim
-    outputs = bulk.empty_outputs(dim, sparse, colbert)
+    outputs = empty_outputs(dim, sparse, colbert)
     if table is not None:
         dense = table.column("embedding").combine_chunks()
         flat = dense.values.to_numpy(zero_copy_only=False).reshape(-1, dim)

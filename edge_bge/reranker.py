@@ -7,12 +7,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .embedder import _Model
 from .errors import InputError
-from .manifest import Kind
+from .kinds import KINDS, spec
+from .model import Model
 from .tokenize import Encoded, as_sequence, check_pairs, check_texts
 
-__all__ = ["Reranker", "RerankResult"]
+__all__ = ["Reranker", "RerankResult", "sigmoid"]
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """float32 relevance in (0, 1) from raw logits (computed in float64, so large logits do not overflow)."""
+    return (1.0 / (1.0 + np.exp(-np.asarray(logits).astype(np.float64)))).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -22,14 +27,15 @@ class RerankResult:
     text: str
 
 
-class Reranker(_Model):
+class Reranker(Model):
     """Relevance logits from a ``reranker`` bundle, tokenized as FlagReranker does."""
 
-    _kinds = (Kind.RERANKER,)
+    _kinds = tuple(k for k, s in KINDS.items() if s.model == "Reranker")
 
     @property
     def query_max_length(self) -> int:
-        return self.manifest.query_max_length or self.manifest.max_length * 3 // 4
+        share = spec(self.manifest.kind).query_max_length(self.manifest.max_length)
+        return self.manifest.query_max_length or share or self.manifest.max_length
 
     def score(self, pairs: Sequence[tuple[str, str]], *, normalize: bool = False) -> np.ndarray:
         """float32 [n]: raw logits, or their sigmoid with normalize=True."""
@@ -41,7 +47,7 @@ class Reranker(_Model):
         for start, encoded in self._chunks(pairs, self.tokenize):
             out[start : start + len(encoded)] = self.score_encoded(encoded)
         if normalize:
-            out = (1.0 / (1.0 + np.exp(-out.astype(np.float64)))).astype(np.float32)
+            out = sigmoid(out)
         return out
 
     def tokenize(self, pairs: Sequence[tuple[str, str]], *, offset: int = 0) -> list[Encoded]:

@@ -11,8 +11,8 @@ import pytest
 
 from edge_bge import Embedder
 
-from .conftest import corpus_texts
-from .test_server import metric, running, wait_ready
+from .helpers import corpus_texts
+from .server.helpers import metric, running, wait_ready
 
 # short, long (truncated), emoji, CJK, empty: the rows where per-batch scales hurt most
 PROBES = [

@@ -10,7 +10,7 @@ import pytest
 
 from edge_bge import Embedder, ManifestError, ModelFilesError
 from edge_bge.bundle import Bundle, external_data_locations
-from edge_bge.manifest import Manifest, sha256_file
+from edge_bge.manifest import Manifest, Target, sha256_file
 
 
 @pytest.fixture
@@ -27,6 +27,16 @@ def _edit(bundle, **fields):
     path.write_text(json.dumps(data))
 
 
+@pytest.mark.parametrize(
+    ("written", "read"), [("cpu-fused", Target.CPU), ("plain", Target.TENSORRT), ("cpu", Target.CPU)]
+)
+def test_bundles_written_with_the_older_target_names_still_load(copy, written, read):
+    _edit(copy, target=written)
+    model = Embedder(copy)
+    assert model.manifest.target is read and model.manifest.to_dict()["target"] == read.value
+    assert model.embed(["still loads"]).shape == (1, model.dim)
+
+
 def test_unknown_format_version(copy):
     _edit(copy, format_version=99)
     with pytest.raises(ManifestError, match="format_version is 99.*reads: 1"):
@@ -39,7 +49,7 @@ def test_unknown_format_version(copy):
         ("kind", "vision", "'embedding', 'm3', 'reranker'"),
         ("pooling", "max", "'cls', 'mean'"),
         ("precision", "int4", "'fp32', 'fp16', 'int8'"),
-        ("target", "gpu", "'cpu-fused', 'plain'"),
+        ("target", "gpu", "'cpu', 'tensorrt'"),
     ],
 )
 def test_unknown_values_list_valid_ones(copy, field, value, listed):
@@ -442,5 +452,5 @@ def test_serve_refuses_a_bundle_whose_manifest_disagrees_with_the_graph(copy):
     assert done.stderr.startswith("edge-bge: error: manifest field 'dim' is 768"), done.stderr
 
 
-# edge_bge/cli.py: serve refuses a bundle it cannot load with 2 (a configuration fault), not 1
+# edge_bge/cli/__init__.py: serve refuses a bundle it cannot load with 2 (a configuration fault), not 1
 SERVE_BAD_BUNDLE_EXIT = 2

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from edge_bge import Embedder
-from edge_bge.cli import _api_key, bench_texts, build_parser, main
+from edge_bge.bench import bench_texts
+from edge_bge.cli import build_parser, main
+from edge_bge.cli.serve import api_key as _api_key
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,10 +19,11 @@ import pytest
 
 from edge_bge import Embedder, Reranker
 from edge_bge import providers as P
-from edge_bge.cli import _flags_from_env, build_parser, main
+from edge_bge.cli import build_parser, main
+from edge_bge.cli.serve import flags_from_env as _flags_from_env
 from edge_bge.server import Registry, Served, ServerConfig
 
-from .test_server import cos, running, wait_ready
+from .server.helpers import cos, running, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,7 +147,9 @@ def test_no_proc_cgroup_is_affinity_and_the_real_budget_is_sane(tmp_path):
 
 def test_a_quota_sets_the_session_threads_and_info_shows_its_source(tmp_path, monkeypatch, tiny_fp32):
     root = fake_root(tmp_path, "0::/\n", {"cpu.max": "150000 100000"})
-    monkeypatch.setattr(P, "cpu_budget", functools.partial(P.cpu_budget, root=root, affinity=64))
+    budget = functools.partial(P.cpu_budget, root=root, affinity=64)
+    monkeypatch.setattr(P.machine, "cpu_budget", budget)  # what sessions use
+    monkeypatch.setattr(P, "cpu_budget", budget)  # what /info reports
     model = Embedder(tiny_fp32)
     assert model.session.get_session_options().intra_op_num_threads == 1
     assert Embedder(tiny_fp32, threads=3).session.get_session_options().intra_op_num_threads == 3
@@ -292,7 +295,7 @@ def test_api_key_variables_keep_their_order(tmp_path):
     key.write_text("from-file")
     env = {"EDGE_BGE_API_KEY": "from-env", "EDGE_BGE_API_KEY_FILE": str(key)}
     assert _flags_from_env(args, env) == {"api_key": "EDGE_BGE_API_KEY", "api_key_file": "EDGE_BGE_API_KEY_FILE"}
-    from edge_bge.cli import _api_key
+    from edge_bge.cli.serve import api_key as _api_key
 
     assert _api_key(args) == "from-file"
 
@@ -357,7 +360,7 @@ SECRET = "zebra-quokka-7731 confidential"
 
 
 def json_server(bundle: Path, tmp: Path, *args: str) -> Any:
-    from .test_server_hardening import serve_process
+    from .server.helpers import serve_process
 
     return serve_process(bundle, "--json-logs", *args, tmp=tmp)
 

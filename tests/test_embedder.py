@@ -13,7 +13,7 @@ import pytest
 
 from edge_bge import Embedder, InputError
 
-from .conftest import corpus_texts
+from .helpers import corpus_texts
 
 
 def _cos(a, b):

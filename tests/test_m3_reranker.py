@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import edge_bge
 from edge_bge import Embedder, InputError, Reranker
 from edge_bge.m3 import colbert_score, lexical_score
 
-from .conftest import corpus_texts
+from .helpers import corpus_texts
 
 TEXTS = corpus_texts(40) + ["", "北京是中国的首都。", "emoji 🚀 and accents: déjà vu", "word " * 700]
 
@@ -123,3 +124,12 @@ def test_rerank_bad_document_named(reranker_fp32):
 def test_reranker_refuses_embedding_bundle(tiny_fp32):
     with pytest.raises(InputError, match="Reranker takes 'reranker'"):
         Reranker(tiny_fp32)
+
+
+def test_load_gives_the_class_of_the_bundles_kind(tiny_fp32, m3_fp32, reranker_fp32):
+    embedder = edge_bge.load(tiny_fp32, providers="cpu")
+    assert type(embedder) is Embedder and embedder.embed(["a text"]).shape == (1, embedder.dim)
+    m3 = edge_bge.load(m3_fp32, providers="cpu")
+    assert type(m3) is Embedder and m3.encode(["a text"], sparse=True).sparse is not None
+    reranker = edge_bge.load(reranker_fp32, providers="cpu")
+    assert type(reranker) is Reranker and reranker.query_max_length == reranker.max_length * 3 // 4

@@ -102,7 +102,7 @@ def _rss_mb(pid: int) -> float:
 
 
 def test_server_returns_to_its_warm_size_after_1mb_requests(tiny_fp32, tmp_path):
-    from .test_server_hardening import serve_process
+    from .server.helpers import serve_process
 
     prose = " ".join(corpus_texts())
     prose = " ".join([prose] * (1_000_000 // len(prose) + 1))

@@ -28,7 +28,7 @@ import pytest
 from edge_bge import Embedder, Manifest, Reranker, kit
 from edge_bge.cli import main
 
-from .test_server import free_port, wait_ready
+from .server.helpers import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 ABSENT_ON_THE_EDGE = ("torch", "transformers", "onnx", "sentence_transformers")

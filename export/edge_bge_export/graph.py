@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edge_bge.manifest import OUTPUTS, Kind, Pooling
+from edge_bge.manifest import Pooling
 
 from .errors import ExportError
 
@@ -82,18 +82,20 @@ class RerankerGraph(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **kw).logits[:, 0]
 
 
-def input_names(architecture: str, kind: Kind) -> tuple[str, ...]:
+def input_names(architecture: str, *, token_type_ids: bool = True) -> tuple[str, ...]:
+    """The graph's inputs: token_type_ids only where the architecture has them and the head takes them."""
     if architecture not in SUPPORTED_ARCHITECTURES:
         raise ExportError(
             f"architecture {architecture!r} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
         )
-    if kind is Kind.M3 or not SUPPORTED_ARCHITECTURES[architecture]:
+    if not token_type_ids or not SUPPORTED_ARCHITECTURES[architecture]:
         return ("input_ids", "attention_mask")
     return ("input_ids", "attention_mask", "token_type_ids")
 
 
-def export_onnx(module: nn.Module, path: Path, *, inputs: tuple[str, ...], kind: Kind) -> None:
-    """Write ``module`` as an ONNX graph with dynamic batch and sequence axes."""
+def export_onnx(module: nn.Module, path: Path, *, inputs: tuple[str, ...], outputs: dict[str, dict[int, str]]) -> None:
+    """Write ``module`` as an ONNX graph with dynamic batch and sequence axes; ``outputs``: the output
+    names in order, each with its dynamic axes (the head's, edge_bge_export.heads)."""
     module.eval()
     batch, seq = 2, 16
     ids = torch.full((batch, seq), 5, dtype=torch.long)
@@ -103,15 +105,8 @@ def export_onnx(module: nn.Module, path: Path, *, inputs: tuple[str, ...], kind:
         "attention_mask": torch.ones(batch, seq, dtype=torch.long),
         "token_type_ids": torch.zeros(batch, seq, dtype=torch.long),
     }
-    outputs = OUTPUTS[kind]
     axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"} for name in inputs}
-    for name in outputs:
-        if name == "colbert":
-            axes[name] = {0: "batch", 1: "sequence_after_cls"}
-        elif name == "sparse":
-            axes[name] = {0: "batch", 1: "sequence"}
-        else:
-            axes[name] = {0: "batch"}
+    axes.update(outputs)
     args: Any = tuple(dummy[n] for n in inputs)
     with torch.inference_mode():
         torch.onnx.export(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import sys
@@ -12,26 +11,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from edge_bge import batching
-from edge_bge.embedder import DEFAULT_MAX_BATCH_TOKENS
-from edge_bge.manifest import MANIFEST_NAME, MODEL_NAME, TOKENIZER_NAME, Kind, Manifest, Precision, Target, sha256_file
+from edge_bge.kinds import spec
+from edge_bge.manifest import MANIFEST_NAME, MODEL_NAME, TOKENIZER_NAME, Manifest, Precision, Target, sha256_file
 from edge_bge.tokenize import TextTokenizer
 
 from . import graph, int8, optimize, probes, qdq, reference
-from .errors import ExportError, ParityError
+from .errors import ExportError
 from .recipes import Recipe
-from .source import resolve
-from .verify import cosines, pearson, verify_bundle
+from .search import SEARCH_MAX_TOKENS, Runner, int8_search, measured_rank, pearson_rows
+from .source import commit_of, resolve
+from .verify import cosines, verify_bundle
 
-TARGETS = {"cpu": Target.CPU_FUSED, "tensorrt": Target.PLAIN}
-# Texts longer than this (in tokens) are verified but left out of int8 calibration and search
-# rounds, whose cost they would dominate (an 8192-token text costs more than the other 363).
-SEARCH_MAX_TOKENS = 2048
-# The int8 search aims this far inside the gate on the calibration set, so that unseen text passes
-# too. Each node kept in fp32 costs 4-15% of MiniLM's int8 speed, so the margin is narrow.
-INT8_MARGIN = 0.1  # of the distance to 1.0: gate min 0.995 -> aim 0.9955, mean 0.998 -> 0.9982
+TARGETS = {"cpu": Target.CPU, "tensorrt": Target.TENSORRT}
 
 
 def _stderr(msg: str) -> None:
@@ -45,11 +36,6 @@ class _Stages:
     def __call__(self, what: str) -> None:
         self.n += 1
         self.report(f"[{self.n}/{self.total}] {what} ({time.perf_counter() - self.t0:.1f}s)")
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Reranker logits: one correlation over all probe pairs, repeated per pair."""
-    return np.full(a.size, pearson(a, b))
 
 
 def _versions() -> dict[str, str]:
@@ -69,114 +55,6 @@ def _versions() -> dict[str, str]:
         "onnxruntime": onnxruntime.__version__,
         "tokenizers": tokenizers.__version__,
     }
-
-
-class _Runner:
-    """Runs candidate graphs on fixed token batches (the runtime's own batching)."""
-
-    def __init__(self, tokenizer: TextTokenizer, encodings: list[Any], inputs: tuple[str, ...], output: str) -> None:
-        # the runtime's own CPU batches, as the verification (and users) will run them
-        self.batches = list(
-            batching.batches(
-                encodings, inputs=inputs, pad_id=tokenizer.pad_id, max_batch_tokens=DEFAULT_MAX_BATCH_TOKENS
-            )
-        )
-        self.n, self.output = len(encodings), output
-
-    def feeds(self) -> list[dict[str, Any]]:
-        return [b.feeds for b in self.batches]
-
-    def __call__(self, model: Path) -> np.ndarray:
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-        out: np.ndarray | None = None
-        for b in self.batches:
-            y = session.run([self.output], b.feeds)[0].reshape(len(b.index), -1)
-            if out is None:
-                out = np.zeros((self.n, *y.shape[1:]), dtype=np.float32)
-            out[b.index] = y
-        assert out is not None
-        return out
-
-
-def _int8_search(
-    quantize: Callable[[Path, list[str]], dict[str, Any]],
-    rank: Callable[[], list[str]],
-    dst: Path,
-    *,
-    run: _Runner,
-    want: np.ndarray,
-    gate: dict[str, float],
-    stage: Callable[[str], None],
-    similarity: Callable[[np.ndarray, np.ndarray], np.ndarray] = cosines,
-) -> dict[str, Any]:
-    """Quantize every node; only if the calibration set then misses the gate (with margin), keep
-    the nodes ``rank()`` puts first in fp32: the fewest that pass, found by bisection, so the
-    search costs at most ceil(log2(nodes)) + 1 more quantize-and-run rounds."""
-    aim = {k: v + INT8_MARGIN * (1 - v) for k, v in gate.items()}
-
-    def score(exclude: list[str]) -> tuple[dict[str, Any], dict[str, float]]:
-        info = quantize(dst, exclude)
-        cos = similarity(run(dst), want)
-        return info, {"min": float(cos.min()), "mean": float(cos.mean())}
-
-    def ok(s: dict[str, float]) -> bool:
-        return all(s[k] >= v for k, v in aim.items())
-
-    info, first = score([])
-    search: dict[str, Any] = {"aim": aim, "calibration_texts": run.n, "all_quantized": first}
-    if ok(first):
-        stage(f"  int8 meets the aim with every node quantized (min {first['min']:.4f}, mean {first['mean']:.4f})")
-        return {**info, "search": search}
-    ranked = rank()
-    steps = max(1, math.ceil(math.log2(len(ranked) + 1)))
-    stage(
-        f"  int8 misses the aim {_fmt(aim)} (min {first['min']:.4f}, mean {first['mean']:.4f}); "
-        f"bisecting over {len(ranked)} nodes ranked by their own error, at most {steps} steps"
-    )
-    lo, hi = 0, len(ranked)  # keeping ranked[:hi] in fp32 passes (all fp32 does); ranked[:lo] does not
-    last: tuple[int, dict[str, Any], dict[str, float]] | None = None  # what dst holds now
-    step = 0
-    while hi - lo > 1:
-        step += 1
-        mid = (lo + hi) // 2
-        info, result = score(ranked[:mid])
-        last = (mid, info, result)
-        passed = ok(result)
-        stage(
-            f"  step {step}/{steps}: {mid} node(s) in fp32: min {result['min']:.4f}, "
-            f"mean {result['mean']:.4f} ({'pass' if passed else 'miss'})"
-        )
-        hi, lo = (mid, lo) if passed else (hi, mid)
-    if hi == len(ranked):
-        raise ParityError(f"int8 cannot reach {_fmt(aim)} on the calibration set with any node quantized")
-    if last is not None and last[0] == hi:
-        _, info, final = last
-    else:
-        info, final = score(ranked[:hi])
-    stage(f"  int8 meets the aim with {hi} of {len(ranked)} weight nodes kept in fp32")
-    return {**info, "search": {**search, "result": final, "ranking": ranked}}
-
-
-def _measured_rank(
-    quantize: Callable[[Path, list[str]], dict[str, Any]],
-    nodes: list[str],
-    dst: Path,
-    run: _Runner,
-    want: np.ndarray,
-    similarity: Callable[[np.ndarray, np.ndarray], np.ndarray],
-) -> list[str]:
-    """Nodes by the damage each does quantized alone (one quantize-and-run per node)."""
-    damage = {}
-    for node in nodes:
-        quantize(dst, [n for n in nodes if n != node])
-        damage[node] = 1 - float(similarity(run(dst), want).mean())
-    return sorted(nodes, key=damage.__getitem__, reverse=True)
-
-
-def _fmt(d: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.5f}" for k, v in d.items())
 
 
 EXTERNAL_DATA_NAME = MODEL_NAME + ".data"
@@ -211,6 +89,21 @@ def _finalize(src: Path, staging: Path, *, external_data: bool | None) -> list[s
     if external:
         (staging / EXTERNAL_DATA_NAME).chmod(0o644)  # onnx writes it 0600; bundles are read by services
     return [MODEL_NAME, EXTERNAL_DATA_NAME] if external else [MODEL_NAME]
+
+
+def range_texts(tokenizer: TextTokenizer) -> list[str]:
+    """The texts whose vectors set the int8/uint8 ranges: probes and calibration set, those of at most
+    SEARCH_MAX_TOKENS tokens (the long probes only repeat the paragraph texts)."""
+    texts = probes.calibration_texts(tokenizer.max_length)
+    return [t for t, e in zip(texts, tokenizer.encode(texts), strict=True) if len(e.ids) <= SEARCH_MAX_TOKENS]
+
+
+def quantization_ranges(bundle: Path, tokenizer: TextTokenizer) -> dict[str, list[float]]:
+    """Per-dimension min and max of the bundle's own vectors of ``range_texts``, run by the runtime."""
+    from edge_bge import Embedder
+    from edge_bge.quantize import calibration_ranges
+
+    return calibration_ranges(Embedder(bundle, providers="cpu").embed(range_texts(tokenizer)))
 
 
 def _write_bundle(staging: Path, manifest: Manifest) -> None:
@@ -269,20 +162,22 @@ def _export(
     stage: _Stages,
     external_data: bool | None,
 ) -> Path:
-    from .heads import build_module
+    from . import heads
 
-    inputs = graph.input_names(recipe.architecture, recipe.kind)
+    head = heads.head(recipe.kind)
+    inputs = graph.input_names(recipe.architecture, token_type_ids=head.token_type_ids)
     stage(f"exporting {recipe.name} ({recipe.architecture}, {recipe.kind.value}) to ONNX opset {graph.OPSET}")
-    module, dim, num_layers = build_module(ckpt, recipe)
-    if recipe.dim is not None and recipe.kind is not Kind.RERANKER and dim != recipe.dim:
+    module, dim, num_layers = head.build(ckpt, recipe)
+    kind = spec(recipe.kind)
+    if recipe.dim is not None and kind.pooled and dim != recipe.dim:
         raise ExportError(f"recipe {recipe.name} says dim {recipe.dim} but the checkpoint has {dim}")
     plain = tmp / "plain.onnx"
-    graph.export_onnx(module, plain, inputs=inputs, kind=recipe.kind)
+    graph.export_onnx(module, plain, inputs=inputs, outputs=head.axes)
     del module
 
     optimization: dict[str, Any] = {}
     base = plain
-    if target is Target.CPU_FUSED:
+    if target is Target.CPU:
         stage("fusing with ONNX Runtime's transformer optimizer")
         base = tmp / "fused.onnx"
         to_fuse = plain
@@ -295,38 +190,36 @@ def _export(
 
     staging = tmp / "bundle"
     staging.mkdir()
-    is_reranker = recipe.kind is Kind.RERANKER
-    tokenizer_json = reference.bundle_tokenizer_json(ckpt, recipe.max_length, pairs=is_reranker)
+    tokenizer_json = reference.bundle_tokenizer_json(ckpt, recipe.max_length, pairs=kind.query_share is not None)
     (staging / TOKENIZER_NAME).write_text(tokenizer_json, encoding="utf-8")
     tokenizer = TextTokenizer(staging / TOKENIZER_NAME, max_length=recipe.max_length)
-    output = "dense" if recipe.kind is Kind.M3 else ("logits" if recipe.kind is Kind.RERANKER else "embedding")
-
-    query_max_length = recipe.max_length * 3 // 4 if is_reranker else None  # FlagReranker's default
+    output = kind.main
+    query_max_length = kind.query_max_length(recipe.max_length)  # rerankers: FlagReranker's default
     stage(f"running the PyTorch reference on the probe set ({prec.value})")
     texts = (
         probes.calibration_texts(recipe.max_length) if prec is Precision.INT8 else probes.probe_texts(recipe.max_length)
     )
-    want, ref_name = reference.outputs(ckpt, recipe, texts)
+    want, ref_name = head.reference(ckpt, recipe, texts)
 
     stage(f"converting to {prec.value}")
     model = tmp / "final.onnx"
-    gate = recipe.gate(prec, target=target)
+    gate = recipe.gate(prec, target=target, metric=head.metric)
     if prec is Precision.FP32:
         model = base
     elif prec is Precision.FP16:
-        optimization["precision"] = optimize.to_fp16(base, model, fused=target is Target.CPU_FUSED)
+        optimization["precision"] = optimize.to_fp16(base, model, fused=target is Target.CPU)
     else:
-        if is_reranker:
+        if kind.query_share is not None:  # pairs
             encodings = tokenizer.encode_pairs(reference.rerank_pairs(texts), query_max_length=query_max_length)
         else:
             encodings = tokenizer.encode(texts)
         # the search runs on texts up to SEARCH_MAX_TOKENS (all of them but bge-m3's 8192-token
         # probe); the verification below covers every text
         keep = [i for i, e in enumerate(encodings) if len(e.ids) <= SEARCH_MAX_TOKENS]
-        run = _Runner(tokenizer, [encodings[i] for i in keep], inputs, output)
-        comparable = reference.comparable(want, recipe)[keep]
-        similarity = _pearson if is_reranker else cosines
-        if target is Target.CPU_FUSED:
+        run = Runner(tokenizer, [encodings[i] for i in keep], inputs, output)
+        comparable = heads.comparable(want, recipe)[keep]
+        similarity = pearson_rows if head.metric == "pearson" else cosines
+        if target is Target.CPU:
             stage.report("  calibrating: per-channel activation ranges for SmoothQuant")
             calib = int8.calibrate(base, run.feeds())
 
@@ -343,13 +236,13 @@ def _export(
                 return qdq.quantize_qdq(plain, dst, exclude=ex, calibration=feeds)
 
             def rank() -> list[str]:
-                return _measured_rank(quantize, qdq.weight_nodes(plain), model, run, comparable, similarity)
+                return measured_rank(quantize, qdq.weight_nodes(plain), model, run, comparable, similarity)
 
-        optimization["precision"] = _int8_search(
+        optimization["precision"] = int8_search(
             quantize, rank, model, run=run, want=comparable, gate=gate, stage=stage.report, similarity=similarity
         )
 
-    if target is Target.CPU_FUSED and prec is not Precision.FP16:  # fp16 keeps the fused kernel
+    if target is Target.CPU and prec is not Precision.FP16:  # fp16 keeps the fused kernel
         split = tmp / "split.onnx"
         optimization["split_skip_layernorm"] = optimize.split_skip_layernorm(model, split)
         model = split
@@ -368,18 +261,22 @@ def _export(
         normalize=recipe.normalize,
         query_instruction=recipe.query_instruction,
         inputs=inputs,
-        outputs=graph.OUTPUTS[recipe.kind],
+        outputs=kind.outputs,
         files={n: sha256_file(staging / n) for n in (*files, TOKENIZER_NAME)},
-        source={"id": recipe.source, "revision": recipe.revision, "checkpoint": str(ckpt)},
+        source={"id": recipe.source, "revision": recipe.revision, "commit": commit_of(ckpt), "checkpoint": str(ckpt)},
         exported_with=_versions(),
         optimization=optimization,
-        special_token_ids=reference.special_token_ids(ckpt) if recipe.kind is Kind.M3 else (),
+        special_token_ids=reference.special_token_ids(ckpt) if kind.multi_output else (),
         query_max_length=query_max_length,
     )
     _write_bundle(staging, manifest)
     # int8 is verified on the probes and the calibration texts; the other precisions on the probes
-    parity = verify_bundle(staging, recipe, texts, want, gate, reference=ref_name)
-    manifest = Manifest(**{**manifest.__dict__, "parity": parity})
+    parity = verify_bundle(staging, recipe, texts, want, gate, reference=ref_name, metric=head.metric)
+    ranges = None
+    if kind.pooled:
+        stage.report("  int8/uint8 output ranges: the bundle's vectors of the calibration texts")
+        ranges = quantization_ranges(staging, tokenizer)
+    manifest = Manifest(**{**manifest.__dict__, "parity": parity, "quantization_ranges": ranges})
     _write_bundle(staging, manifest)
 
     if out.exists():  # --force: swap, so a failure here still leaves one whole bundle

@@ -63,229 +63,21 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .optimize import cpu_session, int8_per_column, save_model
+from .optimize import int8_per_column, save_model
+from .qdq_calibrate import (
+    Histogram,
+    bmm_nodes,
+    calibrate,
+    float_consts,
+    node_attrs,
+    transposed,
+    weight_gemms,
+)
 
 SCHEME = "static-qdq-int8"
-# A GEMM this small gains nothing from int8 (a reranker's 384 x 1 classifier stays fp32).
-MIN_DIM = 16
 # SmoothQuant migration strength: see the module docstring for why not 1.
 ALPHA = 0.8
 BMM_PERCENTILE = 99.99
-HIST_BINS = 4096
-
-
-# ---------------------------------------------------------------------------------------------
-# graph queries
-
-
-def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _float_dims(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """Shapes of the float initializers, also under the names Identity nodes give them (the
-    exporter ties a weight shared by two layers that way)."""
-    dims = {i.name: tuple(i.dims) for i in model.graph.initializer if i.data_type == TensorProto.FLOAT}
-    for n in model.graph.node:
-        if n.op_type == "Identity" and n.input[0] in dims:
-            dims[n.output[0]] = dims[n.input[0]]
-    return dims
-
-
-def _is_weight_gemm(node: onnx.NodeProto, dims: dict[str, tuple[int, ...]]) -> bool:
-    """``activation @ weight`` with a 2-D float initializer weight of at least MIN_DIM each way."""
-    if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.input[0] in dims:
-        return False
-    w = dims.get(node.input[1])
-    if w is None or len(w) != 2 or min(w) < MIN_DIM:
-        return False
-    return not (node.op_type == "Gemm" and _attrs(node).get("transA", 0))
-
-
-def _transposed(node: onnx.NodeProto) -> bool:
-    """A Gemm reading its weight as [N, K]."""
-    return node.op_type == "Gemm" and bool(_attrs(node).get("transB", 0))
-
-
-def _weight_gemms(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    dims = _float_dims(model)
-    return [n for n in model.graph.node if _is_weight_gemm(n, dims)]
-
-
-def _bmms(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """MatMuls of two activations (attention Q.K^T and P.V)."""
-    consts = {i.name for i in model.graph.initializer} | set(_float_dims(model))
-    consts |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
-    return [n for n in model.graph.node if n.op_type == "MatMul" and not any(x in consts for x in n.input)]
-
-
-def weight_nodes(path: Path) -> list[str]:
-    """Names of the weight GEMMs this scheme quantizes (the candidates for ``exclude``), in order."""
-    model = onnx.load(str(path), load_external_data=False)
-    dims = _float_dims(model)
-    return [n.name for n in model.graph.node if _is_weight_gemm(n, dims)]
-
-
-def _consts(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Float constants by tensor name: initializers and Constant nodes."""
-    out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == TensorProto.FLOAT}
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            if n.attribute[0].t.data_type == TensorProto.FLOAT:
-                out[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
-        elif n.op_type == "Identity" and n.input[0] in out:
-            out[n.output[0]] = out[n.input[0]]
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# calibration
-
-
-class Histogram:
-    """Counts of |x| in equal bins over [0, width * bins). When a value falls past the end,
-    adjacent bins merge pairwise (the width doubles), so no count is ever re-estimated."""
-
-    def __init__(self, bins: int = HIST_BINS) -> None:
-        self.counts = np.zeros(bins, np.int64)
-        self.width = 0.0
-        self.amax = 0.0
-
-    def add(self, x: np.ndarray) -> None:
-        a = np.abs(x.ravel())
-        if a.size == 0:
-            return
-        top = float(a.max())
-        self.amax = max(self.amax, top)
-        n = len(self.counts)
-        if self.width == 0.0:
-            if top == 0.0:
-                self.counts[0] += a.size
-                return
-            self.width = top / n * 1.0001
-        while top >= self.width * n:
-            self.counts = np.concatenate([self.counts.reshape(-1, 2).sum(axis=1), np.zeros(n // 2, np.int64)])
-            self.width *= 2
-        idx = (a * np.float32(1.0 / self.width)).astype(np.int32)
-        np.minimum(idx, n - 1, out=idx)
-        self.counts += np.bincount(idx, minlength=n)
-
-    def percentile(self, p: float) -> float:
-        c = np.cumsum(self.counts)
-        if c[-1] == 0:
-            return 0.0
-        return min((int(np.searchsorted(c, c[-1] * p / 100.0)) + 1) * self.width, self.amax)
-
-
-class _Extremes:
-    """Per-channel minimum and maximum of token rows [n, C]."""
-
-    def __init__(self, channels: int) -> None:
-        self.lo = np.full(channels, np.inf, np.float32)
-        self.hi = np.full(channels, -np.inf, np.float32)
-        self.rows = 0
-
-    def add(self, rows: np.ndarray) -> None:
-        if rows.shape[0]:
-            np.minimum(self.lo, rows.min(axis=0), out=self.lo)
-            np.maximum(self.hi, rows.max(axis=0), out=self.hi)
-            self.rows += rows.shape[0]
-
-    def amax(self, shift: np.ndarray | float = 0.0) -> np.ndarray:
-        if not self.rows:
-            return np.zeros_like(self.lo)
-        return np.maximum(np.abs(self.hi - shift), np.abs(self.lo - shift))
-
-
-@dataclass
-class _Input:
-    """One GEMM input's ranges at position 0 (the [CLS] sink) and at the other real tokens."""
-
-    layout: tuple[str, ...]
-    sink: _Extremes
-    body: _Extremes
-
-    def shift(self) -> np.ndarray | None:
-        """The constant taken off position 0 (the middle of its range), when position 0 sets the
-        range and the tensor is [batch, sequence, channels]."""
-        if self.layout != ("b", "s", "") or not self.sink.rows or not self.body.rows:
-            return None
-        if float(self.sink.amax().max()) <= float(self.body.amax().max()):
-            return None
-        return ((self.sink.hi + self.sink.lo) / 2).astype(np.float32)
-
-    def amax(self, m0: np.ndarray | None) -> np.ndarray:
-        return np.maximum(self.body.amax(), self.sink.amax(0.0 if m0 is None else m0))
-
-
-def _session(model: onnx.ModelProto) -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    return cpu_session(model, so)
-
-
-def _layouts(sess: Any, names: list[str], sample: dict[str, np.ndarray]) -> dict[str, tuple[str, ...]]:
-    """Which axis of each tensor is the batch ("b"), the sequence ("s"), or batch*sequence
-    flattened ("t"), from two small runs of distinct shapes (2 x 13 and 3 x 11 tokens)."""
-    runs = []
-    for b, s in ((2, 13), (3, 11)):
-        feeds = {
-            k: v[np.arange(b) % v.shape[0]][:, np.arange(s) % v.shape[1]] if v.ndim == 2 else v
-            for k, v in sample.items()
-        }
-        if "attention_mask" in feeds:
-            feeds["attention_mask"] = np.ones_like(feeds["attention_mask"])
-        runs.append(sess.run(names, feeds))
-    kinds = {(2, 3): "b", (13, 11): "s", (26, 33): "t"}
-    return {
-        name: tuple(kinds.get(d, "") for d in zip(runs[0][j].shape, runs[1][j].shape, strict=True))
-        for j, name in enumerate(names)
-    }
-
-
-def _token_rows(x: np.ndarray, layout: tuple[str, ...], mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """x at the real tokens as rows [n, C] (C the last axis), and which rows are at position 0.
-    Without a recognisable token axis (or a mask): every row, none at position 0."""
-    if mask is not None and layout in (("b", "s", ""), ("t", "")):
-        m = mask.astype(bool)
-        first = np.zeros(m.shape, bool)
-        first[:, 0] = True
-        rows = x[m] if layout[0] == "b" else x[m.ravel()]
-        return rows, first[m]
-    rows = x.reshape(-1, x.shape[-1])
-    return rows, np.zeros(rows.shape[0], bool)
-
-
-def _calibrate(
-    model: onnx.ModelProto, inputs: list[str], hist_names: list[str], calibration: list[dict[str, np.ndarray]]
-) -> tuple[dict[str, _Input], dict[str, Histogram]]:
-    """One pass over the batches with the named tensors exposed as graph outputs; what is kept
-    is per channel (extremes) or per tensor (histograms), never the activations."""
-    names = sorted({*inputs, *hist_names})
-    aug = onnx.ModelProto()
-    aug.CopyFrom(model)
-    del aug.graph.output[:]
-    aug.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
-    sess = _session(aug)
-    del aug
-    layouts = _layouts(sess, names, calibration[0])
-    stats: dict[str, _Input] = {}
-    hists = {n: Histogram() for n in hist_names}
-    for feeds in calibration:
-        mask = feeds.get("attention_mask")
-        for name, x in zip(names, sess.run(names, feeds), strict=True):
-            rows, first = _token_rows(x, layouts[name], mask)
-            if name in hists:
-                hists[name].add(rows)
-            if name in inputs:
-                if name not in stats:
-                    c = rows.shape[1]
-                    stats[name] = _Input(layouts[name], _Extremes(c), _Extremes(c))
-                stats[name].sink.add(rows[first])
-                stats[name].body.add(rows[~first])
-    return stats, hists
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,17 +118,17 @@ def _plan(
     model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]], *, alpha: float | None, bmm: bool
 ) -> _Calibrated:
     start = time.perf_counter()
-    gemms = _weight_gemms(model)
-    consts = _consts(model)
+    gemms = weight_gemms(model)
+    consts = float_consts(model)
     inputs = list(dict.fromkeys(n.input[0] for n in gemms))
-    hist_names = sorted({x for n in _bmms(model) for x in n.input}) if bmm else []
-    stats, hists = _calibrate(model, inputs, hist_names, calibration)
+    hist_names = sorted({x for n in bmm_nodes(model) for x in n.input}) if bmm else []
+    stats, hists = calibrate(model, inputs, hist_names, calibration)
     plans: dict[str, _Plan] = {}
     weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     restore: dict[str, np.ndarray] = {}
     for x in inputs:
         users = [n for n in gemms if n.input[0] == x]
-        ws = [consts[u.input[1]].T if _transposed(u) else consts[u.input[1]] for u in users]  # [K, N]
+        ws = [consts[u.input[1]].T if transposed(u) else consts[u.input[1]] for u in users]  # [K, N]
         m0 = stats[x].shift()
         amax = stats[x].amax(m0)
         s = _smoothing(amax, np.concatenate(ws, axis=1), alpha)
@@ -357,7 +149,7 @@ class _Rewriter:
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self.graph = model.graph
-        self.consts = _consts(model)
+        self.consts = float_consts(model)
         self.producer = {o: n for n in self.graph.node for o in n.output}
         self.names = {i.name for i in self.graph.initializer} | {i.name for i in self.graph.input} | set(self.producer)
         self.names |= {n.name for n in self.graph.node}
@@ -388,7 +180,7 @@ class _Rewriter:
         that is exact and cheap: LayerNormalization, a multiplication by a scalar constant."""
         inv = (1.0 / s).astype(np.float32)
         prod = self.producer.get(x)
-        if prod is not None and prod.op_type == "LayerNormalization" and _attrs(prod).get("axis", -1) == -1:
+        if prod is not None and prod.op_type == "LayerNormalization" and node_attrs(prod).get("axis", -1) == -1:
             gamma = self.consts.get(prod.input[1])
             beta = self.consts.get(prod.input[2]) if len(prod.input) > 2 and prod.input[2] else None
             if gamma is not None and gamma.shape == s.shape and (beta is None or beta.shape == s.shape):
@@ -444,7 +236,7 @@ class _Rewriter:
     def weight(self, gemm: onnx.NodeProto, q: np.ndarray, scale: np.ndarray) -> str:
         """An int8 weight (given [K, N], stored as the GEMM reads it) and its DequantizeLinear."""
         axis = 1
-        if _transposed(gemm):
+        if transposed(gemm):
             q, axis = np.ascontiguousarray(q.T), 0
         w = gemm.input[1]
         qn = self.const(q, f"{w}/int8")
@@ -536,8 +328,8 @@ def quantize_qdq(
         _CACHE[key] = cal
 
     skip = set(exclude)
-    gemms = [n for n in _weight_gemms(model) if n.name not in skip]
-    bmms = _bmms(model) if bmm else []
+    gemms = [n for n in weight_gemms(model) if n.name not in skip]
+    bmms = bmm_nodes(model) if bmm else []
     inputs = list(dict.fromkeys(n.input[0] for n in gemms))
     rw = _Rewriter(model)
     for x in inputs:

@@ -21,6 +21,7 @@ from typing import Any
 
 import tomllib
 
+from edge_bge.kinds import spec
 from edge_bge.manifest import Kind, Pooling, Precision, Target
 
 from .errors import ExportError
@@ -30,11 +31,18 @@ log = logging.getLogger("edge_bge")
 USER_RECIPES_ENV = "EDGE_BGE_MODELS"
 
 # Default gates: cosine to the PyTorch reference over the probe set (int8: probes plus the
-# calibration texts). A recipe may only tighten.
+# calibration texts), per text ("min") and on average ("mean"). A recipe may only tighten.
 DEFAULT_PARITY: dict[str, dict[str, float]] = {
     Precision.FP32.value: {"min": 0.99999},
     Precision.FP16.value: {"min": 0.999},
     Precision.INT8.value: {"min": 0.995, "mean": 0.998},
+}
+# Heads scored by one correlation over the probe pairs (rerankers' logits; see heads.Head.metric)
+# have a single figure, so a single gate: "min" applies to the Pearson correlation itself.
+PEARSON_PARITY: dict[str, dict[str, float]] = {
+    Precision.FP32.value: {"min": 0.99999},
+    Precision.FP16.value: {"min": 0.999},
+    Precision.INT8.value: {"min": 0.998},
 }
 # TensorRT's int8 is static (one fixed scale per activation tensor, as TensorRT requires): it
 # cannot follow each token's range the way the CPU target's row-wise int8 does, so its gate is wider.
@@ -82,16 +90,20 @@ class Recipe:
     dim: int | None = None  # checked against the checkpoint when given
     query_instruction: str = ""
     source: str = ""  # hub id (also recorded in the manifest)
-    revision: str = "main"
+    revision: str | None = None  # a hub branch, tag or commit; None: the default branch (the commit is recorded)
     package: str = ""  # an installed Python package that carries the checkpoint ...
     package_path: str = ""  # ... in this sub-folder
     heads: dict[str, str] = field(default_factory=dict)  # bge-m3: {"colbert": file, "sparse": file}
     parity: dict[str, dict[str, float]] = field(default_factory=dict)
 
-    def gate(self, precision: Precision, *, target: Target = Target.CPU_FUSED) -> dict[str, float]:
-        """The parity thresholds for a precision and target: the defaults, tightened by the recipe."""
-        plain_int8 = precision is Precision.INT8 and target is Target.PLAIN
-        gate = dict(TENSORRT_INT8_PARITY if plain_int8 else DEFAULT_PARITY[precision.value])
+    def gate(self, precision: Precision, *, target: Target = Target.CPU, metric: str = "cosine") -> dict[str, float]:
+        """The parity thresholds for a precision, target and metric ("cosine" or "pearson", the head's):
+        the defaults, tightened by the recipe."""
+        plain_int8 = precision is Precision.INT8 and target is Target.TENSORRT
+        if metric == "pearson":
+            gate = {"min": TENSORRT_INT8_PARITY["mean"]} if plain_int8 else dict(PEARSON_PARITY[precision.value])
+        else:
+            gate = dict(TENSORRT_INT8_PARITY if plain_int8 else DEFAULT_PARITY[precision.value])
         for key, value in self.parity.get(precision.value, {}).items():
             gate[key] = max(gate.get(key, 0.0), float(value))
         return gate
@@ -112,7 +124,7 @@ def from_mapping(data: dict[str, Any], *, where: str) -> Recipe:
         if key not in data:
             raise ExportError(f"{where}: missing required key {key!r}")
     kind = enum(Kind, "kind")
-    if kind is not Kind.RERANKER and "pooling" not in data:
+    if spec(kind).pooled and "pooling" not in data:
         raise ExportError(f"{where}: 'pooling' must be stated for kind {kind.value!r} (cls or mean)")
     parity = data.get("parity", {})
     for precision in parity:
@@ -128,7 +140,7 @@ def from_mapping(data: dict[str, Any], *, where: str) -> Recipe:
         dim=int(data["dim"]) if "dim" in data else None,
         query_instruction=str(data.get("query_instruction", "")),
         source=str(data.get("source", "")),
-        revision=str(data.get("revision", "main")),
+        revision=str(data["revision"]) if "revision" in data else None,
         package=str(data.get("package", "")),
         package_path=str(data.get("package_path", "")),
         heads={str(k): str(v) for k, v in data.get("heads", {}).items()},

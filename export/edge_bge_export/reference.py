@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge_bge.manifest import Kind, Pooling
+from edge_bge.manifest import Pooling
 
 from .recipes import Recipe
 from .source import st_settings
@@ -144,25 +144,6 @@ def rerank_pairs(texts: list[str]) -> list[tuple[str, str]]:
     from .probes import QUERIES
 
     return [(QUERIES[i % len(QUERIES)], t) for i, t in enumerate(texts)]
-
-
-def outputs(checkpoint: Path, recipe: Recipe, texts: list[str]) -> tuple[dict[str, Any], str]:
-    """The reference's outputs for the texts, keyed like the graph's outputs, and its name."""
-    if recipe.kind is Kind.M3:
-        return m3_reference(checkpoint, recipe, texts), "FlagEmbedding BGEM3FlagModel"
-    if recipe.kind is Kind.RERANKER:
-        return {"logits": reranker_reference(checkpoint, recipe, rerank_pairs(texts))}, "FlagEmbedding FlagReranker"
-    name = "sentence-transformers" if uses_sentence_transformers(checkpoint, recipe) else "transformers"
-    return {"embedding": dense_reference(checkpoint, recipe, texts)}, name
-
-
-def comparable(want: dict[str, Any], recipe: Recipe) -> np.ndarray:
-    """The array the int8 search compares candidate graphs on: dense vectors, or logits as [n, 1]."""
-    if recipe.kind is Kind.M3:
-        return want["dense"]
-    if recipe.kind is Kind.RERANKER:
-        return want["logits"].reshape(-1, 1)
-    return want["embedding"]
 
 
 def special_token_ids(checkpoint: Path) -> tuple[int, ...]:

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from edge_bge.kinds import spec
 from edge_bge.manifest import Kind, Pooling
 
 from .errors import ExportError
@@ -107,7 +108,8 @@ def recipe_from_checkpoint(path: Path, *, name: str, source: str, overrides: dic
     pooling = overrides.get("pooling") or st.get("pooling")
     if kind is Kind.M3:
         pooling = pooling or Pooling.CLS  # BGEM3FlagModel's dense vector is the CLS token, by definition
-    if pooling is None and kind is not Kind.RERANKER:
+    pooled = spec(kind).pooled
+    if pooling is None and pooled:
         raise ExportError(
             f"{path} has no sentence-transformers pooling config (1_Pooling/config.json): "
             "give --pooling cls or --pooling mean (the model card says which)"
@@ -122,15 +124,15 @@ def recipe_from_checkpoint(path: Path, *, name: str, source: str, overrides: dic
         max_length = min(int(model_max), positions) if 0 < model_max < 1_000_000 else positions
     normalize = overrides.get("normalize")
     if normalize is None:
-        normalize = st.get("normalize", kind is not Kind.RERANKER)
+        normalize = st.get("normalize", pooled)
     return Recipe(
         name=name,
         architecture=arch,
         kind=kind,
-        pooling=None if kind is Kind.RERANKER else pooling,
-        normalize=bool(normalize) if kind is not Kind.RERANKER else False,
+        pooling=pooling if pooled else None,
+        normalize=bool(normalize) and pooled,
         max_length=int(max_length),
-        dim=int(config["hidden_size"]) if kind is not Kind.RERANKER else 1,
+        dim=int(config["hidden_size"]) if pooled else 1,
         query_instruction=overrides.get("query_instruction") or "",
         source=source,
         heads=dict(M3_HEADS) if kind is Kind.M3 else {},
@@ -147,13 +149,14 @@ def _package_dir(recipe: Recipe) -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / recipe.package_path
 
 
-def download(repo_id: str, revision: str = "main") -> Path:
+def download(repo_id: str, revision: str | None = None) -> Path:
+    """The hub snapshot of ``repo_id`` at ``revision`` (None: the default branch), from the cache or the hub."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise ExportError("downloading from the hub needs huggingface_hub: pip install huggingface_hub") from None
     try:
-        return Path(snapshot_download(repo_id, revision=revision))
+        return Path(snapshot_download(repo_id, revision=revision))  # .../snapshots/<commit>
     except Exception as e:  # network errors come in many types; the message is what matters
         raise ExportError(
             f"could not download {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {e}); "
@@ -185,4 +188,12 @@ def resolve(source: str, *, checkpoint: str | None = None, **overrides: Any) -> 
     raise ExportError(
         f"{source!r} is neither a known recipe, a checkpoint directory, nor a hub id (org/name); "
         f"known recipes: {', '.join(list_recipes())}"
+    )
+
+
+def commit_of(checkpoint: Path) -> str | None:
+    """The hub commit a checkpoint was downloaded at (the snapshot folder's name), None for local folders."""
+    name = Path(checkpoint).resolve().name
+    return (
+        name if re.fullmatch(r"[0-9a-f]{40}", name) and Path(checkpoint).resolve().parent.name == "snapshots" else None
     )

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from edge_bge import Embedder, Reranker
-from edge_bge.manifest import Kind
+from edge_bge.kinds import spec
 
 from .errors import ParityError
 from .recipes import Recipe
@@ -57,35 +57,41 @@ def verify_bundle(
     gate: dict[str, float],
     *,
     reference: str,
+    metric: str = "cosine",
 ) -> dict[str, Any]:
     """Compare the bundle's outputs on ``texts`` with the reference; ParityError below the gate.
 
-    The gate applies to the cosine of dense vectors (embedding, bge-m3 dense); for rerankers to
-    the correlation of the logits over the probe pairs, whose largest difference is recorded too.
+    ``metric`` is the head's (edge_bge_export.heads): "cosine" of the main vectors per text (the
+    gate's "min" and "mean" apply to ``cosine_min`` / ``cosine_mean``), or "pearson": one correlation
+    of the logits over the probe pairs, recorded as ``pearson`` with the largest logit difference,
+    every key of the gate applying to it.
     """
     extras: dict[str, float] = {}
-    if recipe.kind is Kind.RERANKER:
-        pairs = rerank_pairs(texts)
-        got = Reranker(bundle, providers="cpu").score(pairs)
+    if metric == "pearson":
+        got = Reranker(bundle, providers="cpu").score(rerank_pairs(texts))
         _finite(got, texts)
         ref = want["logits"]
         corr = pearson(got, ref)
-        cos = np.full(len(texts), corr)
         worst = int(np.abs(got - ref).argmax())
-        extras = {"logits_max_abs_diff": float(np.abs(got - ref).max()), "logits_pearson": corr}
+        summary = {"pearson": corr, "logits_max_abs_diff": float(np.abs(got - ref).max())}
+        stats = {k: corr for k in gate}
+        worst_value, what = float(np.abs(got - ref)[worst]), "logit difference"
     else:
         model = Embedder(bundle, providers="cpu")
-        if recipe.kind is Kind.M3:
+        main = spec(recipe.kind).main
+        if spec(recipe.kind).multi_output:  # bge-m3: lexical weights and ColBERT vectors checked too
             out = model.encode(texts, dense=True, sparse=True, colbert=True)
-            got, ref = out.dense, want["dense"]
+            got = out.dense
             extras = _m3_extras(out, want)
         else:
-            got, ref = model.embed(texts), want["embedding"]
+            got = model.embed(texts)
         assert got is not None
         _finite(got, texts)
-        cos = cosines(got, ref)
+        cos = cosines(got, want[main])
         worst = int(cos.argmin())
-    summary = {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), **extras}
+        summary = {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), **extras}
+        stats = {k: summary["cosine_" + k] for k in gate}
+        worst_value, what = float(cos[worst]), "cosine"
     parity = {
         "reference": reference,
         "probe_texts": len(texts),
@@ -93,11 +99,12 @@ def verify_bundle(
         "summary": summary,
         "worst_text": texts[worst][:200],
     }
-    failed = [f"cosine {k} {summary['cosine_' + k]:.6f} < {v}" for k, v in gate.items() if summary["cosine_" + k] < v]
+    name = "pearson" if metric == "pearson" else "cosine"
+    failed = [f"{name} {k} {stats[k]:.6f} < {v}" for k, v in gate.items() if stats[k] < v]
     if failed:
         raise ParityError(
-            f"{recipe.name} {'; '.join(failed)}; worst text #{worst} (cosine {cos[worst]:.6f}): {texts[worst][:80]!r}",
+            f"{recipe.name} {'; '.join(failed)}; worst text #{worst} ({what} {worst_value:.6f}): {texts[worst][:80]!r}",
             worst_text=texts[worst],
-            cosine=float(cos[worst]),
+            cosine=worst_value,
         )
     return parity
