@@ -244,9 +244,10 @@ def create_app(
         else:
             message = str(exc.detail)
         err = ApiError(kind, message, headers=dict(exc.headers or {}))
-        service.metrics.request("unmatched", err.status, 0.0, kind.value)
         _access_error(err)
-        return render(dialect_for(request.url.path), err)
+        response = render(dialect_for(request.url.path), err)
+        service.metrics.request("unmatched", response.status_code, 0.0, kind.value)
+        return response
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:

@@ -1,5 +1,5 @@
-"""The Cohere dialect (also what Jina's clients read): POST /v1/embed, /v2/embed and /v1/rerank; errors
-as {message, error_type}.
+"""The Cohere dialect (also what Jina's clients read): POST /v1/embed, /v2/embed, /v1/rerank and
+/v2/rerank; errors as {message, error_type}.
 
 Embeddings come in the types Cohere names (``embedding_types``): float, int8, uint8, binary, ubinary,
 with ``edge_bge.quantize``'s conventions (int8/uint8 by the ranges the bundle's export recorded).
@@ -31,7 +31,7 @@ from .tei_api import pair_scores
 __all__ = ["NAME", "PREFIXES", "ROUTES", "error_body"]
 
 NAME = "cohere"
-PREFIXES: tuple[str, ...] = ()  # its routes share /v1/ with OpenAI's; each is claimed by exact path
+PREFIXES = ("/v2/",)  # its /v1/ routes share /v1/ with OpenAI's, each claimed by its exact path
 
 _RERANK_BODY = {
     "type": "object",
@@ -70,6 +70,12 @@ def _embedding_types(data: dict[str, Any], default: list[str] | None) -> list[st
     if value is None:
         return default
     accepted = ["float", *_TYPES]
+    if isinstance(value, list) and "base64" in value:  # Cohere's, not implemented here
+        raise ApiError(
+            E.UNSUPPORTED,
+            f"embedding type 'base64' is not served here; served: {', '.join(accepted)}",
+            param="embedding_types",
+        )
     if not isinstance(value, list) or not value or any(v not in accepted for v in value):
         raise ApiError(
             E.VALIDATION,
@@ -103,7 +109,9 @@ async def _embed(service: Service, request: Request, version: int) -> Any:
         raise ApiError(E.VALIDATION, f"'input_type' is required: one of {', '.join(INPUT_TYPES)}", param="input_type")
     if input_type is not None and input_type not in INPUT_TYPES:
         raise ApiError(E.VALIDATION, f"'input_type' must be one of {', '.join(INPUT_TYPES)}", param="input_type")
-    truncate = data.get("truncate", "END")
+    truncate = data.get("truncate") or "END"
+    if truncate == "START":  # Cohere's, not implemented here: the model sees a text's beginning
+        raise ApiError(E.UNSUPPORTED, '\'truncate\': "START" is not served here; use "END" or "NONE"', param="truncate")
     if truncate not in ("NONE", "END"):
         raise ApiError(
             E.VALIDATION, '\'truncate\' must be "END" (cut at max_length) or "NONE" (refuse)', param="truncate"
@@ -136,7 +144,7 @@ async def embed_v2(service: Service, request: Request) -> Any:
 async def rerank(service: Service, request: Request) -> Any:
     service.check_ready(request)
     data = await read_json(request, service.config)
-    served = service.registry.pick("score", data.get("model"), route="/v1/rerank")
+    served = service.registry.pick("score", data.get("model"), route=request.url.path)
     query = one_text(data.get("query"), "query")
     docs = texts(data.get("documents"), "documents", service.config, objects=True)
     top_n = optional_int(data, "top_n")
@@ -156,4 +164,5 @@ ROUTES = [
     Route("POST", "/v1/embed", embed_v1, "Cohere embed (v1): float or compact embedding_types", _EMBED_BODY),
     Route("POST", "/v2/embed", embed_v2, "Cohere embed (v2): embeddings by type", _EMBED_BODY),
     Route("POST", "/v1/rerank", rerank, "Cohere/Jina rerank: index and relevance_score", _RERANK_BODY),
+    Route("POST", "/v2/rerank", rerank, "Cohere rerank (v2): index and relevance_score", _RERANK_BODY),
 ]

@@ -22,7 +22,7 @@ from ..errors import EdgeBGEError, InferenceError, InputError
 if TYPE_CHECKING:
     from .routes import Dialect
 
-__all__ = ["ApiError", "ErrorKind", "TABLE", "JSONResponse", "from_exception", "render"]
+__all__ = ["ApiError", "ErrorKind", "TABLE", "JSONResponse", "from_exception", "render", "status_in"]
 
 
 class ErrorKind(str, enum.Enum):
@@ -112,4 +112,10 @@ def render(dialect: Dialect, err: ApiError) -> JSONResponse:
         headers["Retry-After"] = "1"
     if err.kind is ErrorKind.UNAUTHORIZED:
         headers.setdefault("WWW-Authenticate", "Bearer")
-    return JSONResponse(dialect.error_body(err), status_code=err.status, headers=headers)
+    return JSONResponse(dialect.error_body(err), status_code=status_in(dialect, err), headers=headers)
+
+
+def status_in(dialect: Dialect, err: ApiError) -> int:
+    """The status ``err`` has in ``dialect``: TABLE's, unless the dialect's ``STATUS`` says otherwise (OpenAI
+    and Ollama answer a field that fails validation with 400, where TEI answers 422)."""
+    return getattr(dialect, "STATUS", {}).get(err.kind, err.status)

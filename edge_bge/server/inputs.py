@@ -152,9 +152,13 @@ def texts(value: Any, param: str, config: ServerConfig, *, objects: bool = False
     chars = 0
     for i, item in enumerate(value):
         if objects and isinstance(item, dict):
-            item = item.get("text")
+            item = _object_text(item)
             if not isinstance(item, str):
-                raise ApiError(E.VALIDATION, f"{param}[{i}] must have a string field 'text'", param=param)
+                raise ApiError(
+                    E.VALIDATION,
+                    f"{param}[{i}] must have a string field 'text' or 'content' parts of type 'text'",
+                    param=param,
+                )
         if not isinstance(item, str):
             raise ApiError(E.VALIDATION, f"{param}[{i}] is {_type(item)}, expected a string", param=param)
         _check_text(item, f"{param}[{i}]", param)
@@ -165,6 +169,18 @@ def texts(value: Any, param: str, config: ServerConfig, *, objects: bool = False
             E.TOO_LARGE, f"'{param}' has {chars} characters, more than the limit of {config.max_chars}", param=param
         )
     return out
+
+
+def _object_text(item: dict[str, Any]) -> str | None:
+    """The text of ``{"text": ...}`` (Cohere v1, Jina) or ``{"content": [{"type": "text", "text": ...}]}``
+    (Cohere v2; text parts joined by a space); None when it holds no text."""
+    if "content" in item and isinstance(item["content"], list):
+        parts = [c.get("text") for c in item["content"] if isinstance(c, dict) and c.get("type") == "text"]
+        if parts and all(isinstance(t, str) for t in parts):
+            return " ".join(parts)
+        return None
+    text = item.get("text")
+    return text if isinstance(text, str) else None
 
 
 def flag(data: dict[str, Any], key: str, default: bool) -> bool:

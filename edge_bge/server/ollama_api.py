@@ -1,4 +1,5 @@
-"""The Ollama dialect: POST /api/embed, the older POST /api/embeddings, GET /api/tags and /api/version.
+"""The Ollama dialect: POST /api/embed, the older POST /api/embeddings, GET /api/tags, POST /api/show and
+GET /api/version.
 
 Errors are ``{"error": message}``, as Ollama's clients read them. Ollama names models with a tag
 ("bge-m3:latest"); a name with the tag ":latest" is served by the bundle of the name without it.
@@ -23,10 +24,12 @@ from .models import Served
 from .routes import STRINGS, Route
 from .service import Service
 
-__all__ = ["NAME", "PREFIXES", "ROUTES", "error_body"]
+__all__ = ["NAME", "PREFIXES", "ROUTES", "STATUS", "error_body"]
 
 NAME = "ollama"
 PREFIXES = ("/api/",)
+# a request field that fails validation is a 400 in this API (TEI's is 422)
+STATUS = {E.VALIDATION: 400}
 TAG = ":latest"
 
 _EMBED_BODY = {
@@ -51,6 +54,8 @@ _EMBEDDINGS_BODY = {
         "keep_alive": {"oneOf": [{"type": "string"}, {"type": "number"}]},
     },
 }
+
+_SHOW_BODY = {"type": "object", "properties": {"model": {"type": "string"}, "name": {"type": "string"}}}
 
 
 def error_body(err: ApiError) -> dict[str, Any]:
@@ -107,24 +112,49 @@ async def embeddings(service: Service, request: Request) -> Any:
     return {"embedding": vectors[0].tolist()}
 
 
+def _details(served: Served) -> dict[str, Any]:
+    m = served.manifest
+    return {
+        "format": "onnx",
+        "family": m.architecture,
+        "families": [m.architecture],
+        "parameter_size": "",
+        "quantization_level": m.precision.value,
+    }
+
+
 async def tags(service: Service, request: Request) -> Any:
     modified = dt.datetime.fromtimestamp(service.started, dt.timezone.utc).isoformat()
     models = []
     for s in service.served:
         if "embed" not in s.ops:
             continue
-        m = s.manifest
         name = s.name if ":" in s.name else s.name + TAG
-        details = {
-            "format": "onnx",
-            "family": m.architecture,
-            "families": [m.architecture],
-            "parameter_size": "",
-            "quantization_level": m.precision.value,
-        }
-        digest = m.files.get(MODEL_NAME, "")
-        models.append({"name": name, "model": name, "modified_at": modified, "digest": digest, "details": details})
+        digest = s.manifest.files.get(MODEL_NAME, "")
+        models.append({"name": name, "model": name, "modified_at": modified, "digest": digest, "details": _details(s)})
     return {"models": models}
+
+
+async def show(service: Service, request: Request) -> Any:
+    """What Ollama's clients read of a model: its details and the sizes in ``model_info``."""
+    service.check_ready(request)
+    data = await read_json(request, service.config)
+    if data.get("model") is None and data.get("name") is not None:  # the older field name
+        data["model"] = data["name"]
+    served = _pick(service, data, "/api/show")
+    m, arch = served.manifest, served.manifest.architecture
+    return {
+        "modelfile": "",
+        "parameters": "",
+        "template": "",
+        "details": _details(served),
+        "model_info": {
+            "general.architecture": arch,
+            f"{arch}.embedding_length": m.dim,
+            f"{arch}.context_length": m.max_length,
+        },
+        "capabilities": ["embedding"],
+    }
 
 
 async def version(service: Service, request: Request) -> Any:
@@ -135,5 +165,6 @@ ROUTES = [
     Route("POST", "/api/embed", embed, "Ollama: embeddings of one text or many (L2-normalised)", _EMBED_BODY),
     Route("POST", "/api/embeddings", embeddings, "Ollama (older API): the embedding of one prompt", _EMBEDDINGS_BODY),
     Route("GET", "/api/tags", tags, "Ollama: the served embedding models"),
+    Route("POST", "/api/show", show, "Ollama: a model's details and sizes", _SHOW_BODY),
     Route("GET", "/api/version", version, "Ollama: the server's version (edge-bge's)"),
 ]

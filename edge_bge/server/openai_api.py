@@ -14,10 +14,12 @@ from .inputs import check_dimensions, read_json, texts
 from .routes import STRINGS, Route
 from .service import Service
 
-__all__ = ["NAME", "PREFIXES", "ROUTES", "error_body"]
+__all__ = ["NAME", "PREFIXES", "ROUTES", "STATUS", "error_body"]
 
 NAME = "openai"
 PREFIXES = ("/v1/",)  # Cohere's /v1/ routes are claimed by cohere_api itself
+# a request field that fails validation is a 400 in this API (TEI's is 422)
+STATUS = {E.VALIDATION: 400}
 
 EMBEDDINGS_BODY = {
     "type": "object",

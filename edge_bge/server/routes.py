@@ -2,7 +2,8 @@
 
 A dialect module (openai_api, tei_api, cohere_api, ollama_api) has ``NAME``, ``ROUTES`` (a list of
 ``Route``), ``PREFIXES`` (paths whose errors it answers even when no route matched, e.g. "/v1/")
-and ``error_body(err)``, the JSON its clients read for an error. ``dialects.DIALECTS`` lists them.
+and ``error_body(err)``, the JSON its clients read for an error; optionally ``STATUS``, statuses that
+differ from errors.TABLE in that API. ``dialects.DIALECTS`` lists them.
 """
 
 from __future__ import annotations

@@ -94,7 +94,8 @@ async def embed(service: Service, request: Request) -> Any:
 
 def _dtype(data: dict[str, Any], served: Served) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
     """The optional ``dtype`` field: compact vectors as ``Embedder.embed(dtype=...)`` gives them."""
-    dtype = data.get("dtype", "float32")
+    dtype = data.get("dtype")
+    dtype = "float32" if dtype is None else dtype  # null: the default, as for every optional field
     try:
         return dtype, quantizer(dtype, served.manifest.quantization_ranges, bundle=repr(served.name))
     except InputError as e:

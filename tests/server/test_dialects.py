@@ -15,7 +15,7 @@ import openai
 import pytest
 from langchain_openai import OpenAIEmbeddings
 
-from edge_bge import Embedder
+from edge_bge import Embedder, Reranker
 from edge_bge.manifest import MANIFEST_NAME
 
 from ..helpers import corpus_texts
@@ -67,16 +67,16 @@ def test_ollama_errors_are_what_its_client_reads(srv, minilm):
         assert e.value.status_code == 404 and "'nomic-embed-text' is not served here" in e.value.error
     assert len(client.embed(model="nomic-embed-text", input="x").embeddings) == 1  # one model: any name
     cases = [
-        (dict(model=name, input="x", dimensions=7), 422, "'dimensions' must be 384"),
+        (dict(model=name, input="x", dimensions=7), 400, "'dimensions' must be 384"),
         (dict(model=name, input="word " * 600, truncate=False), 413, "truncate"),
-        (dict(model=name, input=["ok", ""]), 422, "input[1] is an empty string"),
+        (dict(model=name, input=["ok", ""]), 400, "input[1] is an empty string"),
     ]
     for kwargs, status, fragment in cases:
         with pytest.raises(ollama.ResponseError) as e:
             client.embed(**kwargs)
         assert e.value.status_code == status and fragment in e.value.error, (kwargs, e.value)
     r = httpx.post(srv.url + "/api/embed", json={"input": "x"})
-    assert r.status_code == 422 and r.json() == {"error": "'model' is required"}
+    assert r.status_code == 400 and r.json() == {"error": "'model' is required"}  # Ollama's status for it
     long = client.embed(model=name, input="word " * 600)  # Ollama truncates unless told not to
     assert len(long.embeddings) == 1
 
@@ -170,3 +170,41 @@ def test_int8_without_recorded_ranges_is_refused_with_the_reason(minilm_fp32, tm
         r = httpx.post(s.url + "/v1/embed", json={"texts": ["x"], "embedding_types": ["int8"]})
         assert r.status_code == 400 and "re-export" in r.json()["message"]
         assert httpx.post(s.url + "/embed", json={"inputs": "x", "dtype": "binary"}).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def with_reranker(minilm: Embedder, bundles, tiny_reranker_dir) -> Iterator[SimpleNamespace]:
+    reranker = Reranker(bundles.get(tiny_reranker_dir, "fp32"))
+    with running([minilm, reranker], warmup=False) as s:
+        s.reranker = reranker
+        yield s
+
+
+def test_cohere_v2_inputs_and_rerank_as_its_client_sends_them(with_reranker, minilm):
+    texts = corpus_texts(4)
+    v2 = cohere.ClientV2(api_key="unused", base_url=with_reranker.url, max_retries=0)
+    parts = [{"content": [{"type": "text", "text": t}]} for t in texts]  # v2's own input shape
+    r = v2.embed(model="m", inputs=parts, input_type="search_document", embedding_types=["float"])
+    assert cos(np.array(r.embeddings.float_), minilm.embed(texts)).min() >= 1 - 1e-6
+    ranked = v2.rerank(model="rerank-v3.5", query="where do the texts come from?", documents=texts, top_n=3)
+    want = with_reranker.reranker.rerank("where do the texts come from?", texts, top_k=3, normalize=True)
+    assert [x.index for x in ranked.results] == [w.index for w in want]
+    assert np.allclose([x.relevance_score for x in ranked.results], [w.score for w in want], atol=1e-6)
+
+
+def test_cohere_values_not_served_here_are_a_400_saying_so(srv):
+    start = httpx.post(srv.url + "/v1/embed", json={"texts": ["x"], "truncate": "START"})
+    assert start.status_code == 400 and '"END" or "NONE"' in start.json()["message"]
+    b64 = httpx.post(
+        srv.url + "/v2/embed", json={"texts": ["x"], "input_type": "clustering", "embedding_types": ["base64"]}
+    )
+    assert b64.status_code == 400 and "'base64' is not served here" in b64.json()["message"]
+    assert httpx.post(srv.url + "/embed", json={"inputs": "x", "dtype": None}).status_code == 200  # null: default
+    unrouted = httpx.get(srv.url + "/v2/nope")
+    assert unrouted.status_code == 404 and set(unrouted.json()) == {"message", "error_type"}  # Cohere's shape
+
+
+def test_ollama_show_gives_the_sizes_its_clients_read(srv, minilm):
+    shown = ollama.Client(host=srv.url).show(f"{minilm.manifest.name}:latest")
+    assert shown.modelinfo["bert.embedding_length"] == 384 and shown.modelinfo["bert.context_length"] == 256
+    assert shown.capabilities == ["embedding"] and shown.details.family == "bert"
