@@ -30,7 +30,10 @@ __all__ = [
     "sha256_file",
 ]
 
-FORMAT_VERSION = 1
+# 2: targets named "cpu" / "tensorrt" (1 said "cpu-fused" / "plain") and int8 output ranges. A runtime
+# that reads only 1 refuses a 2 by its version, before any field; this one reads both.
+FORMAT_VERSION = 2
+READS_FORMATS = (1, 2)
 MANIFEST_NAME = "edge_bge.json"
 MODEL_NAME = "model.onnx"
 TOKENIZER_NAME = "tokenizer.json"
@@ -195,8 +198,11 @@ class Manifest:
         if not isinstance(data, dict):
             raise ManifestError("manifest must be a JSON object")
         version = data.get("format_version")
-        if not _is_int(version) or version != FORMAT_VERSION:
-            raise ManifestError(f"manifest format_version is {version!r}; this runtime reads: {FORMAT_VERSION}")
+        if not _is_int(version) or version not in READS_FORMATS:
+            reads = ", ".join(map(str, READS_FORMATS))
+            raise ManifestError(
+                f"manifest format_version is {version!r}; this runtime reads: {reads} (a newer bundle needs a newer edge-bge)"
+            )
         required = (
             "name kind architecture precision target dim max_length pooling normalize "
             "query_instruction inputs outputs files"

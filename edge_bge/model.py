@@ -54,6 +54,7 @@ class Model:
         verify: bool = True,
         spin: bool = True,
     ) -> None:
+        budget_given = max_batch_tokens is not None
         if max_batch_tokens is None:
             gpu = _providers.wants_gpu(providers)
             max_batch_tokens = batching.default_budget(gpu=gpu)
@@ -83,6 +84,15 @@ class Model:
         # the providers the session got; .requested: the chain asked for; .options: what each was given
         self.providers: _providers.SessionProviders = opened.providers
         self._device_run = opened.run  # IO binding on CUDA / TensorRT; None on the CPU
+        if not budget_given and not self.on_gpu:
+            # onnxruntime-gpu lists its GPU providers on hosts without a GPU too; when the session fell
+            # back to the CPU, the CPU's budget (a 16x larger GPU budget would cost memory and latency)
+            self.max_batch_tokens = batching.default_budget(gpu=False)
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the session's first provider runs on an accelerator (TensorRT, CUDA)."""
+        return bool(self.providers) and _providers.lookup(self.providers[0]).on_device
 
     @property
     def max_length(self) -> int:

@@ -25,7 +25,7 @@ from edge_bge.manifest import MODEL_NAME, Kind, Manifest, Pooling, Precision, Ta
 from edge_bge.providers import machine as M
 from edge_bge.providers import registry, resolve, tensorrt
 
-from .conftest import corpus_texts
+from .helpers import corpus_texts
 from .test_imports import PACKAGE, import_graph
 
 TRT, CUDA, CPU = P.TRT, P.CUDA, P.CPU
@@ -893,3 +893,12 @@ def test_info_providers_check(monkeypatch, machine, tmp_path, tiny_fp32, capsys)
     out = capsys.readouterr().out
     assert "placement  6 compute nodes: CUDAExecutionProvider 66.7%, CPUExecutionProvider 33.3%" in out
     assert "on CPUExecutionProvider: /layer.1/MatMul (MatMulIntegerToFloat)" in out
+
+
+def test_a_gpu_listed_but_not_loaded_leaves_the_cpu_budget(tiny_fp32, monkeypatch):
+    # onnxruntime-gpu lists TensorRT and CUDA on hosts without a GPU: "auto" then falls back to the CPU,
+    # which must batch with the CPU's budget, not the GPU's 16x larger one
+    monkeypatch.setattr(P, "wants_gpu", lambda providers: True)
+    model = Embedder(tiny_fp32)
+    assert not model.on_gpu and model.max_batch_tokens == batching.DEFAULT_MAX_BATCH_TOKENS
+    assert Embedder(tiny_fp32, max_batch_tokens=GPU_MAX_BATCH_TOKENS).max_batch_tokens == GPU_MAX_BATCH_TOKENS

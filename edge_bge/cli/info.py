@@ -80,7 +80,10 @@ def info(args: argparse.Namespace) -> int:
         ("normalize", str(m.normalize).lower()),
         ("query", json.dumps(m.query_instruction, ensure_ascii=False)),
         ("parity", f"{parity}; gate {m.parity.get('gate', {})}" if m.parity else "not recorded"),
-        ("source", f"{m.source.get('id', '?')} @ {m.source.get('revision', '?')}"),
+        (
+            "source",
+            f"{m.source.get('id', '?')} @ {m.source.get('commit') or m.source.get('revision') or 'default branch'}",
+        ),
         ("providers", "available: " + ", ".join(providers["available"])),
     ]
     if "chosen" in providers:

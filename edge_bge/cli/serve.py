@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -199,7 +200,8 @@ def serve(args: argparse.Namespace) -> int:
         )
     if len(set(names)) != len(names):
         raise UsageError(f"--served-model-name: each name once, got {', '.join(names)}")
-    if args.max_batch_tokens is None:
+    budget_given = args.max_batch_tokens is not None
+    if not budget_given:  # provisional: the models' own, once loaded, decides (a GPU asked for may be absent)
         args.max_batch_tokens = default_budget(gpu=wants_gpu(args.providers))
     try:
         config = ServerConfig(
@@ -231,8 +233,12 @@ def serve(args: argparse.Namespace) -> int:
     if config.json_logs:  # from here on: what the bundles' loading logs is JSON too
         use_json_logs(debug=args.debug)
     options = {**model_kwargs(args), "spin": args.spin}
+    if not budget_given:
+        options["max_batch_tokens"] = None  # each model picks its budget from the provider it got
     served = [
         Served(load_model(bundle, **options), name=names[i] if names else None) for i, bundle in enumerate(args.bundles)
     ]
+    if not budget_given:  # the batcher's budget: the largest the loaded models run with
+        config = dataclasses.replace(config, max_batch_tokens=max(s.model.max_batch_tokens for s in served))
     run_server(served, config, log_level="info" if args.debug else "warning")
     return 0
