@@ -6,6 +6,7 @@ import argparse
 
 from ..errors import EdgeBGEError
 from ..manifest import Kind, Pooling
+from .common import UsageError
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -29,6 +30,18 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         default=None,
         help="weights in model.onnx.data (default: only when the graph passes 2 GiB)",
     )
+    e.add_argument(
+        "--eval-data",
+        metavar="DATA",
+        help="also gate on retrieval: a BEIR folder or pairs .jsonl (as edge-bge eval reads); the bundle's nDCG@10 "
+        "may fall at most --max-ndcg-drop below the PyTorch reference's there",
+    )
+    e.add_argument(
+        "--max-ndcg-drop",
+        type=float,
+        metavar="DELTA",
+        help="with --eval-data: the nDCG@10 the bundle may lose, in nDCG units (default 0.01 = one point)",
+    )
     e.set_defaults(func=run)
 
 
@@ -42,6 +55,11 @@ def run(args: argparse.Namespace) -> int:
                 "(with torch installed first: pip install torch --index-url https://download.pytorch.org/whl/cpu)"
             ) from None
         raise
+    if args.max_ndcg_drop is not None and args.eval_data is None:
+        raise UsageError("--max-ndcg-drop needs --eval-data DATA")
+    gate = {} if args.eval_data is None else {"eval_data": args.eval_data}
+    if args.max_ndcg_drop is not None:
+        gate["max_ndcg_drop"] = args.max_ndcg_drop
     path = export(
         args.source,
         precision=args.precision,
@@ -55,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         normalize=args.normalize,
         query_instruction=args.query_instruction,
         external_data=args.external_data,
+        **gate,
     )
     print(summary(path))
     return 0

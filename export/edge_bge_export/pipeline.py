@@ -120,9 +120,14 @@ def export(
     checkpoint: str | None = None,
     report: Callable[[str], None] = _stderr,
     external_data: bool | None = None,
+    eval_data: str | os.PathLike[str] | None = None,
+    max_ndcg_drop: float = 0.01,
     **overrides: Any,
 ) -> Path:
-    """Export SOURCE to a verified bundle at ``out``; returns its path. Nothing is written on failure."""
+    """Export SOURCE to a verified bundle at ``out``; returns its path. Nothing is written on failure.
+
+    ``eval_data`` (a BEIR folder or pairs file, as ``edge-bge eval`` reads) adds a gate: the bundle's
+    nDCG@10 there may fall at most ``max_ndcg_drop`` below the PyTorch reference's (retrieval.py)."""
     try:
         prec = Precision(precision)
     except ValueError:
@@ -145,7 +150,14 @@ def export(
     recipe, ckpt = resolve(source, checkpoint=checkpoint, **overrides)
     try:
         with tempfile.TemporaryDirectory(prefix=".edge-bge-export-", dir=parent) as tmp:
-            return _export(recipe, ckpt, prec, TARGETS[target], Path(tmp), out, stage, external_data)
+            retrieval = None
+            if eval_data is not None:
+                from .heads import head
+                from .retrieval import prepare
+
+                drop = float(max_ndcg_drop)
+                retrieval = (prepare(eval_data, recipe, head(recipe.kind), drop), drop)
+            return _export(recipe, ckpt, prec, TARGETS[target], Path(tmp), out, stage, external_data, retrieval)
     except OSError as e:
         raise ExportError(
             f"writing the bundle failed: {e.strerror or e} ({e.filename or parent}); nothing was written"
@@ -161,6 +173,7 @@ def _export(
     out: Path,
     stage: _Stages,
     external_data: bool | None,
+    retrieval: tuple[Any, float] | None = None,
 ) -> Path:
     from . import heads
 
@@ -272,6 +285,11 @@ def _export(
     _write_bundle(staging, manifest)
     # int8 is verified on the probes and the calibration texts; the other precisions on the probes
     parity = verify_bundle(staging, recipe, texts, want, gate, reference=ref_name, metric=head.metric)
+    if retrieval is not None:
+        from .retrieval import retrieval_gate
+
+        stage.report(f"  retrieval on {retrieval[0].path}: nDCG@10 against the PyTorch reference's")
+        parity["retrieval"] = retrieval_gate(staging, ckpt, recipe, head, *retrieval)
     ranges = None
     if kind.pooled:
         stage.report("  int8/uint8 output ranges: the bundle's vectors of the calibration texts")
