@@ -18,7 +18,7 @@ from pathlib import Path
 from .errors import ModelFilesError
 from .manifest import MODEL_NAME, TOKENIZER_NAME, Manifest
 
-__all__ = ["Bundle", "external_data_locations"]
+__all__ = ["Bundle", "external_data_locations", "proto_fields"]
 
 # Which field of which ONNX message holds which message (field numbers of onnx/onnx.proto3), enough
 # to reach every TensorProto a model can carry. Fields not listed (types, value infos, names,
@@ -55,7 +55,7 @@ def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf: memoryview) -> Iterator[tuple[int, memoryview | None]]:
+def proto_fields(buf: memoryview) -> Iterator[tuple[int, memoryview | None]]:
     """(field number, payload) of each field; payload only for length-delimited fields."""
     pos = 0
     while pos < len(buf):
@@ -93,12 +93,12 @@ def _scan(view: memoryview) -> _Scan:
     while stack:
         kind, buf = stack.pop()
         if kind == "entry":
-            entry = {n: bytes(p).decode("utf-8", "replace") for n, p in _fields(buf) if p is not None}
+            entry = {n: bytes(p).decode("utf-8", "replace") for n, p in proto_fields(buf) if p is not None}
             if entry.get(_ENTRY_KEY) == "location":
                 scan.locations.add(entry.get(_ENTRY_VALUE, ""))
             continue
         holds = _HOLDS[kind]
-        for number, payload in _fields(buf):
+        for number, payload in proto_fields(buf):
             if payload is None:
                 continue
             if kind == "node" and number == _NODE_OP_TYPE:

@@ -40,36 +40,34 @@ class KindSpec:
         """bge-m3's heads: lexical (sparse) weights and ColBERT vectors beside the dense vector."""
         return "sparse" in self.outputs and "colbert" in self.outputs
 
-    @property
-    def needs(self) -> str:
-        """The kind named as a request for it: "a 'reranker'", "an 'm3' (bge-m3)"."""
-        return self.label
-
 
 KINDS: dict[Kind, KindSpec] = {
-    Kind.EMBEDDING: KindSpec(
-        Kind.EMBEDDING, ("embedding",), "embedding", ("embed",), "Embedder", pooled=True, label="an 'embedding'"
-    ),
-    Kind.M3: KindSpec(
-        Kind.M3,
-        ("dense", "sparse", "colbert"),
-        "dense",
-        ("embed", "sparse"),
-        "Embedder",
-        pooled=True,
-        label="an 'm3' (bge-m3)",
-    ),
-    Kind.RERANKER: KindSpec(
-        Kind.RERANKER,
-        ("logits",),
-        "logits",
-        ("score",),
-        "Reranker",
-        pooled=False,
-        query_share=0.75,
-        score="sigmoid",
-        label="a 'reranker'",
-    ),
+    s.kind: s
+    for s in (
+        KindSpec(
+            Kind.EMBEDDING, ("embedding",), "embedding", ("embed",), "Embedder", pooled=True, label="an 'embedding'"
+        ),
+        KindSpec(
+            Kind.M3,
+            ("dense", "sparse", "colbert"),
+            "dense",
+            ("embed", "sparse"),
+            "Embedder",
+            pooled=True,
+            label="an 'm3' (bge-m3)",
+        ),
+        KindSpec(
+            Kind.RERANKER,
+            ("logits",),
+            "logits",
+            ("score",),
+            "Reranker",
+            pooled=False,
+            query_share=0.75,
+            score="sigmoid",
+            label="a 'reranker'",
+        ),
+    )
 }
 
 # The outputs each kind's graph must have, in order.

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from ..batching import GPU_MAX_BATCH_TOKENS
-from ..bundle import Bundle
-from ..errors import ProviderError
+from ..bundle import Bundle, proto_fields
+from ..errors import ModelFilesError, ProviderError
 from ..manifest import Target, sha256_file
 from . import tensorrt
 from .registry import TRT
@@ -150,54 +150,22 @@ def context_io(path: Path) -> tuple[list[str], list[str], list[str]]:
     """An ONNX model's graph inputs, outputs and node op types, read from its protobuf without ``onnx``.
 
     ValueError when the file is not a readable ModelProto."""
-    graph = [v for f, v in _fields(path.read_bytes()) if f == 7]  # ModelProto.graph
-    if len(graph) != 1 or not isinstance(graph[0], bytes):
-        raise ValueError("no graph")
-    inputs, outputs, ops = [], [], []
-    for field, value in _fields(graph[0]):
-        if not isinstance(value, bytes):
-            continue
-        if field in (11, 12):  # GraphProto.input / output: ValueInfoProto, name = 1
-            name = next((v for f, v in _fields(value) if f == 1 and isinstance(v, bytes)), b"")
-            (inputs if field == 11 else outputs).append(name.decode("utf-8"))
-        elif field == 1:  # GraphProto.node: NodeProto, op_type = 4
-            op = next((v for f, v in _fields(value) if f == 4 and isinstance(v, bytes)), b"")
-            ops.append(op.decode("utf-8"))
+
+    def text(message: memoryview, number: int) -> str:
+        return next((bytes(v).decode("utf-8") for f, v in proto_fields(message) if f == number and v is not None), "")
+
+    try:
+        graph = [v for f, v in proto_fields(memoryview(path.read_bytes())) if f == 7]  # ModelProto.graph
+        if len(graph) != 1 or graph[0] is None:
+            raise ValueError("no graph")
+        inputs, outputs, ops = [], [], []
+        for number, value in proto_fields(graph[0]):
+            if value is None:
+                continue
+            if number in (11, 12):  # GraphProto.input / output: ValueInfoProto, name = 1
+                (inputs if number == 11 else outputs).append(text(value, 1))
+            elif number == 1:  # GraphProto.node: NodeProto, op_type = 4
+                ops.append(text(value, 4))
+    except ModelFilesError as e:  # the bundle's protobuf reader: truncated or not ONNX
+        raise ValueError(str(e)) from None
     return inputs, outputs, ops
-
-
-def _fields(data: bytes) -> list[tuple[int, int | bytes]]:
-    """The (field number, value) pairs of one protobuf message: varints as int, length-delimited as bytes."""
-    out: list[tuple[int, int | bytes]] = []
-    pos = 0
-    while pos < len(data):
-        key, pos = _varint(data, pos)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(data, pos)
-            out.append((field, value))
-        elif wire == 2:
-            size, pos = _varint(data, pos)
-            if pos + size > len(data):
-                raise ValueError("truncated field")
-            out.append((field, data[pos : pos + size]))
-            pos += size
-        elif wire in (1, 5):
-            pos += 8 if wire == 1 else 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-    if pos != len(data):
-        raise ValueError("truncated message")
-    return out
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("truncated varint")
-        byte = data[pos]
-        value |= (byte & 0x7F) << shift
-        pos, shift = pos + 1, shift + 7
-        if not byte & 0x80:
-            return value, pos

@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from pathlib import PureWindowsPath
 from typing import Any
 
+import numpy as np
+
 from ..errors import InputError
-from ..kinds import KINDS, Kind, kinds_with, spec
+from ..kinds import kinds_with, spec
 from ..manifest import Manifest
 from ..model import load
 from ..tokenize import Encoded, TooLongError
@@ -16,15 +18,11 @@ from .batcher import Batcher
 from .errors import ApiError
 from .errors import ErrorKind as E
 
-__all__ = ["Served", "Registry", "load_model", "OPS"]
-
-# What each bundle kind can do (edge_bge.kinds): "embed" dense vectors; "sparse" bge-m3 lexical
-# weights; "score" reranker logits for (query, passage) pairs.
-OPS: dict[Kind, tuple[str, ...]] = {k: s.ops for k, s in KINDS.items()}
+__all__ = ["Served", "Registry", "load_model"]
 
 
 def _needs(op: str) -> str:
-    return " or ".join(spec(k).needs for k in kinds_with(op=op))
+    return " or ".join(spec(k).label for k in kinds_with(op=op))
 
 
 def load_model(
@@ -62,7 +60,7 @@ class Served:
         self.manifest: Manifest = model.manifest
         self.name = name or self.manifest.name
         self.kind = self.manifest.kind
-        self.ops = OPS[self.kind]
+        self.ops = spec(self.kind).ops  # what the kind can do: embed, sparse, score (edge_bge.kinds)
         self.batcher: Batcher | None = None
 
     def tokenize(self, items: Sequence[Any], *, param: str, truncate: bool, pairs: bool = False) -> list[Encoded]:
@@ -86,6 +84,12 @@ class Served:
         if op == "score":
             return self.model.score_encoded(encoded)
         raise ValueError(f"unknown operation {op!r}")
+
+    def unit(self, vectors: np.ndarray) -> np.ndarray:
+        """``vectors`` L2-normalised (as the graph does for bundles that normalise: those come back as they are)."""
+        if self.manifest.normalize:
+            return vectors
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
     def warm_up(self, *, max_batch_tokens: int, max_batch_items: int) -> None:
         """Run the largest batch the server will form: max_length tokens per row, rows to fill the budget."""

@@ -12,7 +12,6 @@ import datetime as dt
 import time
 from typing import Any
 
-import numpy as np
 from starlette.requests import Request
 
 from .. import __version__
@@ -88,8 +87,7 @@ async def embed(service: Service, request: Request) -> Any:
     items = texts(data.get("input"), "input", service.config)
     encoded = await service.tokenize(served, items, param="input", truncate=truncate)
     vectors = await service.submit(request, served, "embed", encoded)
-    if not served.manifest.normalize:
-        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    vectors = served.unit(vectors)  # Ollama's /api/embed gives unit vectors
     took = int((time.perf_counter() - t0) * 1e9)
     return {
         "model": data["model"],

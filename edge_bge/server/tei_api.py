@@ -86,10 +86,7 @@ async def embed(service: Service, request: Request) -> Any:
     vectors = await service.submit(request, served, "embed", encoded)
     if dtype in ("int8", "uint8", "binary", "ubinary"):  # from the model's own vectors, as the ranges were
         return convert(vectors).tolist()
-    if normalize and not served.manifest.normalize:
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors = vectors / np.maximum(norms, 1e-12)
-    return convert(vectors).tolist()
+    return convert(served.unit(vectors) if normalize else vectors).tolist()
 
 
 def _dtype(data: dict[str, Any], served: Served) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:

@@ -57,8 +57,9 @@ def retrieval_gate(
     than ``max_drop``. Returns what the manifest records under ``parity.retrieval``."""
     instruction = recipe.query_instruction
     queries = [instruction + q for q in data.queries]
-    ref_docs = np.asarray(head.reference(checkpoint, recipe, data.docs)[0][head.compared])
-    ref_queries = np.asarray(head.reference(checkpoint, recipe, queries)[0][head.compared])
+    # one reference run (one load of the PyTorch model) over documents and queries together
+    ref = np.asarray(head.reference(checkpoint, recipe, data.docs + queries)[0][head.compared])
+    ref_docs, ref_queries = ref[: len(data.docs)], ref[len(data.docs) :]
     model = Embedder(bundle, providers="cpu")
     reference = _ndcg(data, ref_queries, ref_docs)
     got = _ndcg(data, model.embed(queries), model.embed(data.docs))
