@@ -248,7 +248,8 @@ def run_parts(
         },
         compute=ray.data.ActorPoolStrategy(size=size),
         num_cpus=threads,
-        batch_size=COLBERT_BATCH_ROWS if colbert else BATCH_ROWS,
+        # never more than a part: a call spanning parts would hold back the parts it finishes
+        batch_size=min(COLBERT_BATCH_ROWS if colbert else BATCH_ROWS, max(1, *(p.rows for p in parts))),
         batch_format="pyarrow",
     )
     options = {"skip_bad": skip_bad, "sparse": sparse, "colbert": colbert}
