@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -133,13 +134,30 @@ def _endpoint(service: Service, route: Route) -> Callable[[Request], Awaitable[R
         declared = request.headers.get("content-length", "")
         large = service.trimmer.started(int(declared) if declared.isdigit() else 0)
         try:
-            return await answer(request)
-        finally:
+            response = await answer(request)
+        except BaseException:
             if large:
                 service.trimmer.ended()
+            raise
+        if large:  # the trim waits until the answer's own bytes have been sent (Starlette runs this after)
+            response.background = _then(response.background, service.trimmer.ended)
+        return response
 
     endpoint.__name__ = route.handler.__name__
     return endpoint
+
+
+def _then(background: BackgroundTask | None, after: Callable[[], None]) -> BackgroundTask:
+    """``background`` (a response's task, run once it has been sent), then ``after``."""
+
+    async def both() -> None:
+        try:
+            if background is not None:
+                await background()
+        finally:
+            after()
+
+    return BackgroundTask(both)
 
 
 def _access_error(err: ApiError) -> None:
